@@ -1,0 +1,33 @@
+# Tidings: `make run` for a running system, `make test` for the suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EMBEDDED_REDIS_PORT ?= 6380
+PORT ?= 8000
+
+.PHONY: run test lint browser clean
+
+$(VENV)/.run-deps: requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-deps: $(VENV)/.run-deps requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+run: $(VENV)/.run-deps
+	@bash scripts/run.sh
+
+test: $(VENV)/.dev-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.dev-deps
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# Debian's Chromium for the e2e tests (needs root; CI runs it from .ci/run).
+browser:
+	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

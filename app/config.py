@@ -1,0 +1,68 @@
+"""Configuration read from the environment (see the table in README.md)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+
+def _int_env(name: str, default: int) -> int:
+    """Read a positive integer from the environment, refusing nonsense loudly."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise RuntimeError(f"{name} must be an integer, got {raw!r}") from None
+    if value <= 0:
+        raise RuntimeError(f"{name} must be positive, got {value}")
+    return value
+
+
+def _secret_key(instance_path: Path) -> str:
+    """Return SECRET_KEY from the environment, or one generated once and kept in instance/."""
+    key = os.environ.get("SECRET_KEY")
+    if key:
+        return key
+    if os.environ.get("APP_ENV") == "production":
+        raise RuntimeError("SECRET_KEY must be set when APP_ENV=production")
+    path = instance_path / "secret_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    key = secrets.token_urlsafe(48)
+    # O_EXCL: when two processes start at once, the loser reads the winner's key.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key)
+    return key
+
+
+def load_config(instance_path: str) -> dict:
+    """Build the app's configuration from the environment."""
+    instance = Path(instance_path)
+    instance.mkdir(parents=True, exist_ok=True)
+    return {
+        "SECRET_KEY": _secret_key(instance),
+        "SQLALCHEMY_DATABASE_URI": os.environ.get("DATABASE_URL")
+        or f"sqlite:///{instance / 'tidings.db'}",
+        "REDIS_URL": os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
+        "SSE_HEARTBEAT_SECONDS": _int_env("SSE_HEARTBEAT_SECONDS", 15),
+        "SSE_RETRY_MS": _int_env("SSE_RETRY_MS", 3000),
+        "MESSAGES_PER_PAGE": _int_env("MESSAGES_PER_PAGE", 25),
+        "USERS_PER_PAGE": _int_env("USERS_PER_PAGE", 25),
+        "EXPORT_DIR": os.environ.get("EXPORT_DIR") or str(instance / "exports"),
+        "TASK_QUEUE": "tidings-tasks",
+        # Forms are small; anything bigger than this is refused with 413.
+        "MAX_CONTENT_LENGTH": 64 * 1024,
+        "BOOTSTRAP_SERVE_LOCAL": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "REMEMBER_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_HTTPONLY": True,
+    }

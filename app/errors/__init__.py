@@ -1,0 +1,62 @@
+"""Error pages in the site's look, and JSON errors for JSON routes."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+bp = Blueprint("errors", __name__)
+log = logging.getLogger(__name__)
+
+# Routes whose clients are scripts: they always get JSON, never an HTML page or a redirect.
+JSON_PATHS = ("/notifications", "/stream")
+
+
+def wants_json() -> bool:
+    """Whether this request should be answered with JSON."""
+    if request.path.startswith(JSON_PATHS):
+        return True
+    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
+
+
+def json_error(status: int, message: str) -> tuple[Response, int]:
+    """A ``{"error": message}`` response."""
+    return jsonify(error=message), status
+
+
+def _handle_http(exc: HTTPException):
+    status = exc.code or 500
+    message = exc.description or exc.name
+    if isinstance(exc, CSRFError):
+        message = "The form expired or was not sent from this site. Please try again."
+    if wants_json():
+        response, status = json_error(status, message)
+    else:
+        response = render_template("errors/error.html", code=status, name=exc.name, message=message)
+    headers = exc.get_headers() if status in (405, 429) else []
+    allow = [h for h in headers if h[0] in ("Allow", "Retry-After")]
+    return response, status, allow
+
+
+def _handle_unexpected(exc: Exception):
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    from app.extensions import db
+
+    db.session.rollback()
+    return _handle_http(InternalServerError())
+
+
+@bp.app_errorhandler(HTTPException)
+def handle_http_error(exc: HTTPException):
+    """Every HTTP error: an HTML page, or JSON for script clients."""
+    return _handle_http(exc)
+
+
+@bp.app_errorhandler(Exception)
+def handle_unexpected_error(exc: Exception):
+    """A bug: logged with its traceback, the transaction rolled back, a 500 page shown."""
+    return _handle_unexpected(exc)

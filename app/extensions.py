@@ -1,0 +1,113 @@
+"""Flask extensions, created once without an app and bound in ``create_app``."""
+
+from __future__ import annotations
+
+import os
+
+import redis
+from flask import Flask, current_app
+from flask_bootstrap import Bootstrap5
+from flask_login import LoginManager
+from flask_migrate import Migrate
+from flask_sqlalchemy import SQLAlchemy
+from flask_wtf.csrf import CSRFProtect
+from sqlalchemy import MetaData
+from sqlalchemy.orm import DeclarativeBase
+
+# Named constraints keep Alembic migrations identical on SQLite and PostgreSQL.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base carrying the naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+db = SQLAlchemy(model_class=Base)
+migrate = Migrate()
+login = LoginManager()
+csrf = CSRFProtect()
+bootstrap = Bootstrap5()
+
+
+class Realtime:
+    """Owns the per-process Redis client and notification hub.
+
+    Both are created on first use, so nothing exists before gunicorn forks, and a
+    process that forked after creating them (a pid change) builds fresh ones.
+    """
+
+    key = "tidings.realtime"
+
+    def init_app(self, app: Flask) -> None:
+        """Attach an empty per-app state."""
+        app.extensions[self.key] = _RealtimeState(app)
+
+    @staticmethod
+    def state(app: Flask | None = None) -> _RealtimeState:
+        """The state of ``app`` (default: the current app)."""
+        return (app or current_app).extensions[Realtime.key]
+
+    @property
+    def redis(self) -> redis.Redis:
+        """This process's Redis client for commands and publishing."""
+        return self.state().redis
+
+    @property
+    def hub(self):
+        """This process's notification hub (one pub/sub connection)."""
+        return self.state().hub
+
+
+class _RealtimeState:
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self._pid = os.getpid()
+        self._redis: redis.Redis | None = None
+        self._hub = None
+
+    def _forked(self) -> None:
+        if self._pid != os.getpid():
+            self._pid, self._redis, self._hub = os.getpid(), None, None
+
+    @property
+    def redis(self) -> redis.Redis:
+        self._forked()
+        if self._redis is None:
+            # Short timeouts: a send must not hang while Redis is away; replay covers it.
+            self._redis = redis.Redis.from_url(
+                self.app.config["REDIS_URL"],
+                socket_connect_timeout=1,
+                socket_timeout=2,
+                health_check_interval=30,
+            )
+        return self._redis
+
+    @redis.setter
+    def redis(self, client: redis.Redis) -> None:
+        self._forked()
+        self._redis = client
+
+    @property
+    def hub(self):
+        self._forked()
+        if self._hub is None:
+            from app.notifications.hub import Hub
+
+            self._hub = Hub.for_app(self.app)
+        return self._hub
+
+    @property
+    def hub_started(self) -> bool:
+        """Whether this process has a hub (without creating one)."""
+        return self._hub is not None and self._pid == os.getpid()
+
+
+realtime = Realtime()

@@ -1,0 +1,170 @@
+"""Database models: users, private messages, stored notifications and background tasks."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+import sqlalchemy.orm as so
+from flask_login import UserMixin
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from app.extensions import db, login
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(sa.TypeDecorator):
+    """A timezone-aware UTC datetime, stored naive so SQLite and PostgreSQL agree."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+class User(UserMixin, db.Model):
+    """A registered account."""
+
+    __tablename__ = "user"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    username: so.Mapped[str] = so.mapped_column(sa.String(64), unique=True)
+    email: so.Mapped[str] = so.mapped_column(sa.String(254), unique=True)
+    password_hash: so.Mapped[str] = so.mapped_column(sa.String(256))
+    created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime(), default=utcnow)
+    last_seen: so.Mapped[datetime] = so.mapped_column(UTCDateTime(), default=utcnow)
+    last_message_read_time: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime())
+
+    def __repr__(self) -> str:
+        return f"<User {self.username}>"
+
+    def set_password(self, password: str) -> None:
+        """Store a salted hash of ``password``."""
+        self.password_hash = generate_password_hash(password)
+
+    def check_password(self, password: str) -> bool:
+        """Whether ``password`` matches the stored hash."""
+        return check_password_hash(self.password_hash, password)
+
+    def unread_message_count(self) -> int:
+        """Messages received since the inbox was last read."""
+        query = sa.select(sa.func.count(Message.id)).where(Message.recipient_id == self.id)
+        if self.last_message_read_time is not None:
+            query = query.where(Message.timestamp > self.last_message_read_time)
+        return db.session.scalar(query) or 0
+
+    def latest_notification_id(self) -> int:
+        """The newest stored notification id, the cursor a freshly rendered page starts from."""
+        return (
+            db.session.scalar(
+                sa.select(sa.func.max(Notification.id)).where(Notification.user_id == self.id)
+            )
+            or 0
+        )
+
+
+@login.user_loader
+def load_user(user_id: str) -> User | None:
+    """Flask-Login hook: the user stored in the session, if it still exists."""
+    try:
+        return db.session.get(User, int(user_id))
+    except (TypeError, ValueError):
+        return None
+
+
+class Message(db.Model):
+    """A private message from one user to another."""
+
+    __tablename__ = "message"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    sender_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey(User.id), index=True)
+    recipient_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey(User.id), index=True)
+    body: so.Mapped[str] = so.mapped_column(sa.String(140))
+    timestamp: so.Mapped[datetime] = so.mapped_column(UTCDateTime(), index=True, default=utcnow)
+
+    sender: so.Mapped[User] = so.relationship(foreign_keys=[sender_id])
+    recipient: so.Mapped[User] = so.relationship(foreign_keys=[recipient_id])
+
+    def __repr__(self) -> str:
+        return f"<Message {self.id} {self.sender_id}->{self.recipient_id}>"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The message as exported to its users."""
+        return {
+            "id": self.id,
+            "sender": self.sender.username,
+            "recipient": self.recipient.username,
+            "body": self.body,
+            "timestamp": self.timestamp.isoformat(),
+        }
+
+
+class Notification(db.Model):
+    """The latest notification of one kind for one user.
+
+    ``key`` is what a new notification replaces: the name, except for events that
+    belong to one of several things (a task's progress), see ``events.coalesce_key``.
+    The id comes from an autoincrement sequence, so it only grows, even on SQLite
+    where a plain rowid would be reused after the newest row is replaced.
+    """
+
+    __tablename__ = "notification"
+    __table_args__ = (
+        sa.UniqueConstraint("user_id", "key", name="uq_notification_user_id_key"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    user_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey(User.id), index=True)
+    name: so.Mapped[str] = so.mapped_column(sa.String(128))
+    key: so.Mapped[str] = so.mapped_column(sa.String(191))
+    timestamp: so.Mapped[float] = so.mapped_column(sa.Float, index=True)
+    payload_json: so.Mapped[str] = so.mapped_column(sa.Text)
+
+    def get_data(self) -> Any:
+        """The JSON payload, decoded."""
+        return json.loads(self.payload_json)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The Notification JSON of the contract."""
+        return {"id": self.id, "name": self.name, "data": self.get_data(), "timestamp": self.timestamp}
+
+
+class Task(db.Model):
+    """A background job run for a user; its id is the RQ job id."""
+
+    __tablename__ = "task"
+
+    id: so.Mapped[str] = so.mapped_column(sa.String(36), primary_key=True)
+    name: so.Mapped[str] = so.mapped_column(sa.String(128), index=True)
+    description: so.Mapped[str] = so.mapped_column(sa.String(128))
+    user_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey(User.id), index=True)
+    status: so.Mapped[str] = so.mapped_column(sa.String(16), default="queued")
+    progress: so.Mapped[int] = so.mapped_column(default=0)
+    created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime())
+    error: so.Mapped[str | None] = so.mapped_column(sa.String(256))
+
+    user: so.Mapped[User] = so.relationship()
+
+    ACTIVE = ("queued", "running")
+
+    @property
+    def active(self) -> bool:
+        """Whether the task is still waiting or running."""
+        return self.status in self.ACTIVE

@@ -1,0 +1,107 @@
+"""The notification value object, its wire formats and the Redis channel names."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+CHANNEL_PREFIX = "notifications:"
+CHANNEL_PATTERN = CHANNEL_PREFIX + "*"
+
+
+def channel_for(user_id: int) -> str:
+    """The Redis channel carrying ``user_id``'s notifications."""
+    return f"{CHANNEL_PREFIX}{user_id}"
+
+
+def user_id_from_channel(channel: str) -> int | None:
+    """The user id a channel belongs to, or None for a foreign channel."""
+    if not channel.startswith(CHANNEL_PREFIX):
+        return None
+    tail = channel[len(CHANNEL_PREFIX) :]
+    return int(tail) if tail.isdigit() else None
+
+
+def coalesce_key(name: str, data: Any) -> str:
+    """What a notification replaces: the latest per name, but per task for task progress."""
+    if name == "task_progress" and isinstance(data, dict) and data.get("task_id"):
+        return f"task_progress:{data['task_id']}"
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One notification as it travels: JSON on Redis and in /notifications, SSE on /stream.
+
+    ``id`` is None for ephemeral events an operator publishes straight to a channel.
+    """
+
+    name: str
+    data: Any
+    timestamp: float
+    id: int | None = None
+
+    @property
+    def key(self) -> str:
+        """The coalescing key (see ``coalesce_key``)."""
+        return coalesce_key(self.name, self.data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The contract's Notification object."""
+        return {"id": self.id, "name": self.name, "data": self.data, "timestamp": self.timestamp}
+
+    def to_json(self) -> str:
+        """Compact JSON, as published and as the SSE ``data:`` line."""
+        body = self.to_dict()
+        if self.id is None:
+            del body["id"]
+        return json.dumps(body, allow_nan=False)
+
+    def __str__(self) -> str:
+        """The Server-Sent Events frame."""
+        head = f"id: {self.id}\n" if self.id is not None else ""
+        # to_json never emits a raw newline (json escapes them), so one data: line is exact.
+        return f"{head}event: {self.name}\ndata: {self.to_json()}\n\n"
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Event:
+        """Parse a channel message; ValueError unless it is a JSON object with a string name."""
+        try:
+            body = json.loads(raw, parse_constant=_reject_constant)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ValueError(f"not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise ValueError("not a JSON object")
+        name = body.get("name")
+        if not isinstance(name, str) or not name or len(name) > 128 or not _is_token(name):
+            raise ValueError("no usable 'name'")
+        event_id = body.get("id")
+        if event_id is not None and (isinstance(event_id, bool) or not isinstance(event_id, int)):
+            raise ValueError("'id' must be an integer")
+        timestamp = body.get("timestamp")
+        if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
+            timestamp = None
+        elif not math.isfinite(timestamp):
+            timestamp = None
+        return cls(
+            name=name,
+            data=body.get("data"),
+            timestamp=float(timestamp) if timestamp is not None else _now(),
+            id=event_id,
+        )
+
+
+def _is_token(name: str) -> bool:
+    # An SSE event name ends at a newline; keep names to one printable line.
+    return name.isprintable() and "\n" not in name and "\r" not in name
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _reject_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON")

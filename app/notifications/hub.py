@@ -1,0 +1,339 @@
+"""The per-process hub: one Redis pub/sub connection fanning out to this worker's streams.
+
+Each gunicorn gevent worker has one ``Hub``. It subscribes to ``notifications:<id>`` only
+while that user has an open stream in this worker (reference-counted), reads the
+connection in one listener greenlet and offers every message to the streams' mailboxes.
+A mailbox never blocks the listener: it keeps the latest event per key, and when a slow
+stream lets too many distinct keys pile up it is emptied and the stream re-reads the store.
+When Redis goes away the listener reconnects with capped exponential backoff,
+re-subscribes, and asks every stream to re-read the store, so nothing stored is lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.lock
+import gevent.monkey
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from app.notifications.events import Event, channel_for, user_id_from_channel
+
+log = logging.getLogger(__name__)
+
+# A channel message with this name closes the streams of one login instead of being forwarded.
+SESSION_ENDED = "session_ended"
+
+
+class GeventRequired(RuntimeError):
+    """Raised when streams are asked of a process whose sockets gevent has not patched."""
+
+
+def require_gevent() -> None:
+    """Refuse to stream from a sync/threaded worker, where each stream would pin a worker."""
+    if not gevent.monkey.is_module_patched("socket"):
+        raise GeventRequired(
+            "/stream needs a gevent-patched server: run `gunicorn -c gunicorn.conf.py wsgi:app` "
+            "(or `make run`). Sync or threaded workers and `flask run` would hold one worker "
+            "per open browser tab."
+        )
+
+
+def session_tag(session_id: str) -> str:
+    """A short digest naming one login on the channel, without publishing the token itself."""
+    return hashlib.sha256(session_id.encode()).hexdigest()[:16]
+
+
+class Subscription:
+    """One open stream's mailbox, filled by the listener and drained by the stream."""
+
+    MAX_PENDING = 64
+
+    __slots__ = ("user_id", "session", "resync", "closed", "_mailbox", "_wakeup")
+
+    def __init__(self, user_id: int, session: str | None) -> None:
+        self.user_id = user_id
+        self.session = session
+        self.resync = False
+        self.closed = False
+        self._mailbox: dict[str, Event] = {}
+        self._wakeup = gevent.event.Event()
+
+    def offer(self, event: Event) -> None:
+        """Queue ``event``, replacing a pending one with the same key; never blocks."""
+        key = event.key if event.id is not None else "ephemeral:" + event.name
+        self._mailbox.pop(key, None)
+        self._mailbox[key] = event
+        if len(self._mailbox) > self.MAX_PENDING:
+            # Too far behind: forget the backlog, the store holds what matters.
+            self._mailbox.clear()
+            self.resync = True
+        self._wakeup.set()
+
+    def request_resync(self) -> None:
+        """Ask the stream to re-read the store (after a reconnect)."""
+        self.resync = True
+        self._wakeup.set()
+
+    def close(self) -> None:
+        """End the stream at its next wake-up."""
+        self.closed = True
+        self._wakeup.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until something is offered or ``timeout`` passes; False on timeout."""
+        woke = self._wakeup.wait(timeout)
+        self._wakeup.clear()
+        return bool(woke)
+
+    def drain(self) -> list[Event]:
+        """Take everything pending, oldest first."""
+        events = list(self._mailbox.values())
+        self._mailbox.clear()
+        return events
+
+    @property
+    def pending(self) -> int:
+        """How many events wait in the mailbox."""
+        return len(self._mailbox)
+
+
+class Hub:
+    """Reference-counted subscriptions over one pub/sub connection, for one process."""
+
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        *,
+        ping_interval: float = 10.0,
+        subscribe_timeout: float = 2.0,
+        min_backoff: float = 0.1,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self._connect = connect
+        self.ping_interval = ping_interval
+        self.subscribe_timeout = subscribe_timeout
+        self.min_backoff = min_backoff
+        self.max_backoff = max_backoff
+        self._subs: dict[int, set[Subscription]] = {}
+        self._conn: Any = None
+        self._write_lock = gevent.lock.RLock()
+        self._pending: dict[str, int] = {}  # SUBSCRIBEs sent and not yet confirmed
+        self._subscribed: set[str] = set()  # confirmed on the current connection
+        self._waiters: dict[str, gevent.event.Event] = {}
+        self._resync_channels: set[str] = set()
+        self._greenlets: list[gevent.Greenlet] = []
+        self._stopping = False
+        self.connected = gevent.event.Event()
+
+    @classmethod
+    def for_app(cls, app) -> Hub:
+        """A hub reading the app's ``REDIS_URL``; refuses to exist without gevent."""
+        require_gevent()
+        kwargs = redis.connection.parse_url(app.config["REDIS_URL"])
+        ping = float(app.config.get("HUB_PING_SECONDS", 10.0))
+        kwargs.update(
+            protocol=2,
+            client_name="tidings-hub",
+            socket_connect_timeout=2,
+            # The pinger makes the server answer at least every ping interval.
+            socket_timeout=3 * ping,
+            socket_keepalive=True,
+            health_check_interval=0,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+        def connect():
+            conn = redis.Connection(**kwargs)
+            conn.connect()
+            return conn
+
+        return cls(connect, ping_interval=ping)
+
+    # -- streams' side -------------------------------------------------------------
+
+    def subscribe(self, user_id: int, session: str | None = None) -> Subscription:
+        """Register a stream for ``user_id``; returns once Redis confirmed the channel.
+
+        When Redis is away it returns after ``subscribe_timeout``; the stream reads the
+        store now and again when the listener has reconnected.
+        """
+        self._start()
+        sub = Subscription(user_id, session)
+        channel = channel_for(user_id)
+        subs = self._subs.get(user_id)
+        if subs:
+            subs.add(sub)
+        else:
+            self._subs[user_id] = {sub}
+            with self._write_lock:
+                self._pending[channel] = self._pending.get(channel, 0) + 1
+                self._send("SUBSCRIBE", channel)
+        if channel not in self._subscribed:
+            waiter = self._waiters.setdefault(channel, gevent.event.Event())
+            if not waiter.wait(self.subscribe_timeout):
+                log.warning("no subscription confirmation for %s yet (Redis away?)", channel)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Release a stream; the channel is unsubscribed when its last stream leaves."""
+        subs = self._subs.get(sub.user_id)
+        if subs is None or sub not in subs:
+            return
+        subs.discard(sub)
+        if subs:
+            return
+        del self._subs[sub.user_id]
+        channel = channel_for(sub.user_id)
+        with self._write_lock:
+            self._subscribed.discard(channel)
+            self._send("UNSUBSCRIBE", channel)
+
+    def close_session(self, user_id: int, tag: str) -> int:
+        """Close the streams of one login (``session_tag``); returns how many."""
+        closed = 0
+        for sub in list(self._subs.get(user_id, ())):
+            if sub.session is not None and session_tag(sub.session) == tag:
+                sub.close()
+                closed += 1
+        return closed
+
+    def shutdown(self) -> None:
+        """End every stream now (worker stopping) so browsers reconnect elsewhere at once."""
+        self._stopping = True
+        count = 0
+        for subs in list(self._subs.values()):
+            for sub in list(subs):
+                sub.close()
+                count += 1
+        log.info("hub shutting down: closed %d streams", count)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for operators and tests."""
+        return {
+            "users": len(self._subs),
+            "streams": sum(len(s) for s in self._subs.values()),
+            "connected": self.connected.is_set(),
+        }
+
+    # -- listener's side -----------------------------------------------------------
+
+    def _start(self) -> None:
+        if not self._greenlets:
+            self._greenlets = [gevent.spawn(self._listen), gevent.spawn(self._ping)]
+
+    def _send(self, *args: str) -> None:
+        with self._write_lock:
+            conn = self._conn
+            if conn is None:
+                return  # the listener subscribes everything wanted when it reconnects
+            try:
+                conn.send_command(*args, check_health=False)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                log.warning("hub could not send %s: %s", args[0], exc)
+                self._conn = None
+
+    def _ping(self) -> None:
+        while not self._stopping:
+            gevent.sleep(self.ping_interval)
+            self._send("PING")
+
+    def _listen(self) -> None:
+        delay = self.min_backoff
+        while not self._stopping:
+            conn = None
+            try:
+                conn = self._connect()
+                self._attach(conn)
+                while not self._stopping:
+                    reply = conn.read_response()
+                    delay = self.min_backoff
+                    self.handle_reply(reply)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                log.warning("hub lost Redis (%s); reconnecting in %.1fs", exc, delay)
+            finally:
+                self._detach(conn)
+            if not self._stopping:
+                gevent.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+
+    def _attach(self, conn: Any) -> None:
+        with self._write_lock:
+            self._conn = conn
+            self._subscribed.clear()
+            channels = [channel_for(user_id) for user_id in self._subs]
+            self._pending = dict.fromkeys(channels, 1)
+            self._resync_channels = set(channels)
+            if channels:
+                conn.send_command("SUBSCRIBE", *channels, check_health=False)
+        self.connected.set()
+        log.info("hub connected to Redis; subscribed to %d channels", len(channels))
+
+    def _detach(self, conn: Any) -> None:
+        with self._write_lock:
+            if self._conn is conn:
+                self._conn = None
+            self._subscribed.clear()
+            self._pending.clear()
+        self.connected.clear()
+        if conn is not None:
+            conn.disconnect()
+
+    def handle_reply(self, reply: Any) -> None:
+        """Act on one reply read from the pub/sub connection."""
+        if not isinstance(reply, list) or len(reply) < 3:
+            return  # PONG and friends
+        kind = reply[0]
+        channel = _text(reply[1])
+        if kind == b"message":
+            self.dispatch(channel, reply[2])
+        elif kind == b"subscribe":
+            self._confirm(channel)
+
+    def _confirm(self, channel: str) -> None:
+        left = self._pending.get(channel, 0) - 1
+        if left > 0:
+            self._pending[channel] = left
+            return
+        self._pending.pop(channel, None)
+        user_id = user_id_from_channel(channel)
+        if user_id not in self._subs:
+            return
+        self._subscribed.add(channel)
+        waiter = self._waiters.pop(channel, None)
+        if waiter is not None:
+            waiter.set()
+        if channel in self._resync_channels:
+            self._resync_channels.discard(channel)
+            for sub in list(self._subs[user_id]):
+                sub.request_resync()
+
+    def dispatch(self, channel: str, raw: bytes | str) -> None:
+        """Parse one channel message once and offer it to the channel's local streams."""
+        user_id = user_id_from_channel(channel)
+        subs = self._subs.get(user_id) if user_id is not None else None
+        if not subs:
+            return
+        try:
+            event = Event.from_json(raw)
+        except ValueError as exc:
+            log.warning("dropped a message on %s: %s: %.200r", channel, exc, raw)
+            return
+        if event.name == SESSION_ENDED:
+            tag = event.data.get("session") if isinstance(event.data, dict) else None
+            if isinstance(tag, str):
+                self.close_session(user_id, tag)
+            return
+        for sub in list(subs):
+            sub.offer(event)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

@@ -1,0 +1,155 @@
+"""``GET /stream`` (Server-Sent Events) and ``GET /notifications?since=`` (polling)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections.abc import Iterator
+
+import sqlalchemy as sa
+from flask import Flask, Response, current_app, jsonify, request, session
+from flask_login import current_user
+
+from app.errors import json_error
+from app.extensions import db, realtime
+from app.models import Notification
+from app.notifications import bp
+from app.notifications.events import Event
+from app.notifications.hub import GeventRequired, Hub, Subscription
+from app.notifications.store import stored_events
+
+log = logging.getLogger(__name__)
+
+SESSION_KEY = "stream_session"
+
+
+def login_session_id() -> str:
+    """An id for this login, kept in the session, naming its streams for logout."""
+    sid = session.get(SESSION_KEY)
+    if not sid:
+        sid = session[SESSION_KEY] = secrets.token_urlsafe(16)
+    return sid
+
+
+@bp.route("/notifications")
+def notifications():
+    """The user's notifications newer than ``since`` (Unix seconds), oldest first."""
+    if not current_user.is_authenticated:
+        return json_error(401, "log in to read notifications")
+    raw = request.args.get("since", "0")
+    try:
+        since = float(raw)
+    except ValueError:
+        return json_error(400, "'since' must be a number of seconds")
+    if not math.isfinite(since):
+        return json_error(400, "'since' must be a finite number")
+    rows = db.session.scalars(
+        sa.select(Notification)
+        .where(Notification.user_id == current_user.id, Notification.timestamp > since)
+        .order_by(Notification.timestamp, Notification.id)
+    )
+    return jsonify([row.to_dict() for row in rows])
+
+
+def _cursor() -> int | None:
+    """The resume cursor: ``Last-Event-ID`` header, else ``?last_event_id=``; ValueError if bad."""
+    raw = request.headers.get("Last-Event-ID")
+    if raw is None or raw.strip() == "":
+        raw = request.args.get("last_event_id")
+    if raw is None or raw.strip() == "":
+        return None
+    raw = raw.strip()
+    if not raw.isdigit() or len(raw) > 18:
+        raise ValueError(raw)
+    return int(raw)
+
+
+@bp.route("/stream")
+def stream():
+    """Server-Sent Events of the logged-in user's notifications, with replay from a cursor."""
+    if not current_user.is_authenticated:
+        return json_error(401, "log in to open the notification stream")
+    try:
+        cursor = _cursor()
+    except ValueError:
+        return json_error(400, "the event id to resume from must be a non-negative integer")
+    try:
+        hub = realtime.hub
+    except GeventRequired as exc:
+        log.critical("%s", exc)
+        return json_error(503, str(exc))
+    frames = _frames(
+        current_app._get_current_object(),
+        hub,
+        current_user.id,
+        login_session_id(),
+        cursor,
+    )
+    return Response(
+        frames,
+        content_type="text/event-stream; charset=utf-8",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _frames(
+    app: Flask, hub: Hub, user_id: int, session_id: str, cursor: int | None
+) -> Iterator[str]:
+    """The body of one stream. Runs after the request context is gone, holding no DB session."""
+    heartbeat = app.config["SSE_HEARTBEAT_SECONDS"]
+    yield f"retry: {app.config['SSE_RETRY_MS']}\n\n"
+    # Subscribe before reading the store: whatever commits after the read is then live.
+    sub = hub.subscribe(user_id, session_id)
+    unseen = _Unseen(cursor or 0)
+    try:
+        chunk = unseen.frames(_read_store(app, sub, cursor or 0))
+        yield chunk or ": connected\n\n"
+        while True:
+            woke = sub.wait(heartbeat)
+            if sub.closed:
+                return
+            if not woke:
+                yield ": keepalive\n\n"
+                continue
+            events = sub.drain()
+            if sub.resync:
+                sub.resync = False
+                events = _read_store(app, sub, cursor or 0) + events
+            chunk = unseen.frames(events)
+            if chunk:
+                yield chunk
+    finally:
+        hub.unsubscribe(sub)
+
+
+def _read_store(app: Flask, sub: Subscription, since_id: int) -> list[Event]:
+    with app.app_context():
+        return stored_events(sub.user_id, since_id)
+
+
+class _Unseen:
+    """Filters one connection's events so that no stored id is sent twice or below the cursor.
+
+    Per key it remembers the newest id sent; the store keeps one row per key and ids only
+    grow, so an event is new exactly when its id beats both the cursor and that memory.
+    """
+
+    __slots__ = ("floor", "sent")
+
+    def __init__(self, floor: int) -> None:
+        self.floor = floor
+        self.sent: dict[str, int] = {}
+
+    def admit(self, event: Event) -> bool:
+        """Whether ``event`` should be sent now (and remember it if so)."""
+        if event.id is None:
+            return True
+        if event.id <= self.floor or event.id <= self.sent.get(event.key, 0):
+            return False
+        self.sent[event.key] = event.id
+        return True
+
+    def frames(self, events: list[Event]) -> str:
+        """The SSE frames of the events that are new, concatenated."""
+        return "".join(str(e) for e in events if self.admit(e))

@@ -1,0 +1,90 @@
+"""Storing notifications and publishing them to Redis once their transaction commits.
+
+``notify()`` is the one path for the web, the workers and the CLI:
+store (replacing the user's previous notification of that kind) → commit → publish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy.orm import Session
+
+from app.extensions import db, realtime
+from app.models import Notification, User
+from app.notifications.events import Event, channel_for, coalesce_key
+
+log = logging.getLogger(__name__)
+
+_PENDING = "tidings.pending_events"
+
+
+def store(user: User, name: str, data: Any) -> Event:
+    """Add ``user``'s notification ``name`` to the session; it is published after commit.
+
+    The user's row is locked first, so notifications of one user commit in id order
+    (PostgreSQL); SQLite serialises writers anyway.
+    """
+    payload = json.dumps(data, allow_nan=False)
+    key = coalesce_key(name, data)
+    db.session.execute(sa.select(User.id).where(User.id == user.id).with_for_update())
+    db.session.execute(
+        sa.delete(Notification).where(Notification.user_id == user.id, Notification.key == key)
+    )
+    row = Notification(user_id=user.id, name=name, key=key, timestamp=time.time(), payload_json=payload)
+    db.session.add(row)
+    db.session.flush()
+    event = Event(name=name, data=data, timestamp=row.timestamp, id=row.id)
+    db.session.info.setdefault(_PENDING, []).append((user.id, event))
+    return event
+
+
+def notify(user: User, name: str, data: Any) -> Event:
+    """Store ``user``'s notification, commit, then publish it to the user's channel."""
+    event = store(user, name, data)
+    db.session.commit()
+    return event
+
+
+def publish(user_id: int, event: Event) -> bool:
+    """Publish ``event`` on the user's channel; False (and a warning) when Redis is away."""
+    try:
+        realtime.redis.publish(channel_for(user_id), event.to_json())
+    except redis.RedisError as exc:
+        # The notification is stored: streams re-read the store when their hub reconnects.
+        log.warning("could not publish %s to user %s: %s", event.name, user_id, exc)
+        return False
+    return True
+
+
+def stored_events(user_id: int, since_id: int = 0) -> list[Event]:
+    """The user's stored notifications with id above ``since_id``, oldest first."""
+    rows = db.session.scalars(
+        sa.select(Notification)
+        .where(Notification.user_id == user_id, Notification.id > since_id)
+        .order_by(Notification.id)
+    )
+    return [Event(name=r.name, data=r.get_data(), timestamp=r.timestamp, id=r.id) for r in rows]
+
+
+def _publish_committed(session: Session) -> None:
+    for user_id, event in session.info.pop(_PENDING, ()):
+        publish(user_id, event)
+
+
+def _forget_rolled_back(session: Session, previous_transaction: Any) -> None:
+    if not previous_transaction.nested:
+        session.info.pop(_PENDING, None)
+
+
+def init_app(app) -> None:
+    """Hook publishing onto the session's commit (idempotent)."""
+    if not sa_event.contains(Session, "after_commit", _publish_committed):
+        sa_event.listen(Session, "after_commit", _publish_committed)
+        sa_event.listen(Session, "after_soft_rollback", _forget_rolled_back)

@@ -1,0 +1,61 @@
+"""gunicorn settings for Tidings: gevent workers holding many long-lived streams.
+
+Nothing here creates an app, a Redis client or a database connection: each worker builds
+its own after the fork (no preload), once gevent has patched the standard library.
+"""
+
+import os
+import resource
+import signal
+import sys
+
+port = os.environ.get("PORT", "8000")
+bind = [os.environ.get("BIND") or f"127.0.0.1:{port}"]
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "gevent"
+# Each open stream is one greenlet and one socket; this caps them per worker.
+worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "25000"))
+preload_app = False
+# The arbiter's liveness timeout: gevent workers report every second, streams or not.
+timeout = 30
+# On SIGTERM/HUP a worker closes its streams at once (see post_worker_init); this bounds the rest.
+graceful_timeout = 10
+keepalive = 5
+backlog = 4096
+accesslog = os.environ.get("ACCESS_LOG") or None
+errorlog = "-"
+# Several servers (tests, benchmarks) may run side by side: no shared control socket.
+control_socket_disable = True
+loglevel = os.environ.get("LOG_LEVEL", "info")
+
+
+def on_starting(server):
+    """Raise the open-files limit to its hard maximum: every stream is a file descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        server.log.info("raised open files limit from %s to %s", soft, hard)
+
+
+def post_worker_init(worker):
+    """Refuse non-gevent workers, and end this worker's streams promptly on SIGTERM."""
+    import gevent
+    import gevent.monkey
+
+    if not gevent.monkey.is_module_patched("socket"):
+        worker.log.critical(
+            "Tidings needs gevent workers (worker_class = 'gevent'): a sync or threaded worker "
+            "would hold one worker per open stream. Start with: gunicorn -c gunicorn.conf.py wsgi:app"
+        )
+        sys.exit(3)  # gunicorn's boot-error code: the arbiter stops instead of respawning
+
+    stop_accepting = worker.handle_exit
+
+    def handle_exit(sig, frame):
+        stop_accepting(sig, frame)
+        state = worker.wsgi.extensions.get("tidings.realtime")
+        if state is not None and state.hub_started:
+            # Outside the signal handler, like gunicorn's own handle_quit.
+            gevent.spawn(state.hub.shutdown)
+
+    signal.signal(signal.SIGTERM, handle_exit)

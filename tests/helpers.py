@@ -1,0 +1,178 @@
+"""Helpers shared by the integration tests and the benchmarks: a logged-in HTTP user and an SSE reader."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from dataclasses import dataclass, field
+
+import httpx
+
+CSRF_RE = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
+
+
+def csrf_token(html: str) -> str:
+    """The CSRF token of the first form in ``html``."""
+    match = CSRF_RE.search(html)
+    assert match, "no csrf_token in the page"
+    return match.group(1)
+
+
+class WebUser:
+    """One browser-like session against a live server (cookies, CSRF tokens)."""
+
+    def __init__(self, base_url: str, username: str, password: str = "correct horse") -> None:
+        self.base_url = base_url
+        self.username = username
+        self.password = password
+        self.http = httpx.Client(base_url=base_url, timeout=10, follow_redirects=False)
+
+    def post_form(self, path: str, data: dict, form_page: str | None = None) -> httpx.Response:
+        """GET the form's page for a CSRF token, then POST ``data``."""
+        page = self.http.get(form_page or path)
+        return self.http.post(path, data={"csrf_token": csrf_token(page.text), **data})
+
+    def register(self, email: str | None = None) -> httpx.Response:
+        """Register through the form."""
+        return self.post_form(
+            "/auth/register",
+            {
+                "username": self.username,
+                "email": email or f"{self.username}@example.com",
+                "password": self.password,
+                "password2": self.password,
+            },
+        )
+
+    def login(self) -> WebUser:
+        """Log in through the form; asserts it worked."""
+        r = self.post_form("/auth/login", {"username": self.username, "password": self.password})
+        assert r.status_code == 302, r.text
+        return self
+
+    def send(self, recipient: str, text: str) -> httpx.Response:
+        """Send a private message through the form."""
+        return self.post_form(f"/send_message/{recipient}", {"message": text})
+
+    def cookie_header(self) -> str:
+        """The session cookies as a Cookie header."""
+        return "; ".join(f"{k}={v}" for k, v in self.http.cookies.items())
+
+    def stream(self, path: str = "/stream", headers: dict | None = None, timeout: float = 5.0) -> SSE:
+        """Open an SSE stream on a raw socket with this user's cookies."""
+        return SSE.open(self.base_url, path, {"Cookie": self.cookie_header(), **(headers or {})}, timeout)
+
+    def close(self) -> None:
+        """Close the HTTP client."""
+        self.http.close()
+
+
+@dataclass
+class SSEEvent:
+    """One parsed SSE block."""
+
+    id: str | None = None
+    event: str | None = None
+    data: str | None = None
+    comments: list[str] = field(default_factory=list)
+    retry: str | None = None
+
+    @property
+    def json(self):
+        """The data line, decoded."""
+        return json.loads(self.data)
+
+
+class SSE:
+    """A minimal Server-Sent Events client over a plain socket (chunked transfer decoded)."""
+
+    def __init__(self, sock: socket.socket, status: int, headers: dict[str, str], rest: bytes) -> None:
+        self.sock = sock
+        self.status = status
+        self.headers = headers
+        self._raw = rest  # undecoded body bytes
+        self._text = ""  # decoded body text
+        self.chunked = headers.get("transfer-encoding", "").lower() == "chunked"
+
+    @classmethod
+    def open(cls, base_url: str, path: str, headers: dict[str, str], timeout: float) -> SSE:
+        """Connect and read the response head."""
+        hostport = base_url.split("://", 1)[1].rstrip("/")
+        host, port = hostport.rsplit(":", 1)
+        sock = socket.create_connection((host, int(port)), timeout=timeout)
+        lines = [f"GET {path} HTTP/1.1", f"Host: {hostport}", "Accept: text/event-stream"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed before headers")
+            buf += chunk
+        head, rest = buf.split(b"\r\n\r\n", 1)
+        status_line, *header_lines = head.decode().split("\r\n")
+        parsed = {}
+        for line in header_lines:
+            k, v = line.split(":", 1)
+            parsed[k.strip().lower()] = v.strip()
+        return cls(sock, int(status_line.split()[1]), parsed, rest)
+
+    def _decode(self) -> bool:
+        """Move complete chunks from raw to text; False when the body ended."""
+        if not self.chunked:
+            self._text += self._raw.decode()
+            self._raw = b""
+            return True
+        while b"\r\n" in self._raw:
+            size_line, after = self._raw.split(b"\r\n", 1)
+            size = int(size_line.split(b";")[0], 16)
+            if size == 0:
+                return False
+            if len(after) < size + 2:
+                break
+            self._text += after[:size].decode()
+            self._raw = after[size + 2 :]
+        return True
+
+    def next_block(self) -> SSEEvent | None:
+        """The next SSE block (event, comment or retry); None when the server ended the stream.
+
+        Raises socket.timeout if nothing arrives within the socket timeout.
+        """
+        while "\n\n" not in self._text:
+            alive = self._decode()
+            if "\n\n" in self._text:
+                break
+            if not alive:
+                return None
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            self._raw += chunk
+        block, self._text = self._text.split("\n\n", 1)
+        ev = SSEEvent()
+        for line in block.split("\n"):
+            if line.startswith(":"):
+                ev.comments.append(line[1:].strip())
+                continue
+            key, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if key in ("id", "event", "data", "retry"):
+                setattr(ev, key, value)
+        return ev
+
+    def next_event(self, name: str | None = None) -> SSEEvent:
+        """The next real event (skipping comments and retry), optionally of one name."""
+        while True:
+            block = self.next_block()
+            if block is None:
+                raise ConnectionError("stream ended")
+            if block.event is None and block.data is None:
+                continue
+            if name is None or block.event == name:
+                return block
+
+    def close(self) -> None:
+        """Drop the connection."""
+        self.sock.close()

@@ -1,0 +1,49 @@
+"""``python -m workers``: an RQ worker on the app's queue, from the same environment as the web."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import time
+
+import redis
+from rq import Queue, Worker
+
+from app.config import load_config
+
+log = logging.getLogger("workers")
+
+
+def wait_for_redis(client: redis.Redis, patience: float = 60.0) -> None:
+    """Wait (with backoff) for Redis to answer; `make run` starts it beside us."""
+    delay, deadline = 0.2, time.monotonic() + patience
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError as exc:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"Redis at {client.connection_pool.connection_kwargs} is not answering: {exc}")
+            log.info("waiting for Redis: %s", exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def main() -> None:
+    """Start the worker; SIGTERM lets the current job finish (RQ's warm shutdown)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    instance = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "instance")
+    config = load_config(instance)
+    connection = redis.Redis.from_url(config["REDIS_URL"])
+    wait_for_redis(connection)
+    queue = Queue(config["TASK_QUEUE"], connection=connection)
+    name = f"tidings-{socket.gethostname()}-{os.getpid()}"
+    worker = Worker([queue], connection=connection, name=name)
+    log.info("worker %s listening on queue %s at %s", name, queue.name, config["REDIS_URL"])
+    worker.work(logging_level="INFO")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
