@@ -11,6 +11,7 @@ from flask_login import current_user, login_required
 from app.extensions import db
 from app.main import bp
 from app.models import User, utcnow
+from app.paging import paginate
 
 # Writing last_seen on every request would turn reads into writes; once a minute is enough.
 LAST_SEEN_RESOLUTION = timedelta(minutes=1)
@@ -38,9 +39,7 @@ def index():
 @login_required
 def users():
     """Directory of users, paginated."""
-    page = db.paginate(
-        sa.select(User).order_by(User.username), per_page=current_app.config["USERS_PER_PAGE"]
-    )
+    page = paginate(sa.select(User).order_by(User.username), current_app.config["USERS_PER_PAGE"])
     return render_template("main/users.html", title="Users", page=page)
 
 

@@ -10,6 +10,7 @@ from app.extensions import db
 from app.messages import bp
 from app.messages.forms import ExportForm, MessageForm
 from app.models import Message, User, utcnow
+from app.paging import paginate
 from app.notifications.store import notify, store
 
 PREVIEW_CHARS = 60
@@ -51,11 +52,11 @@ def send_message(recipient: str):
 @login_required
 def messages():
     """Received messages, newest first; visiting marks them all read."""
-    page = db.paginate(
+    page = paginate(
         sa.select(Message)
         .where(Message.recipient_id == current_user.id)
         .order_by(Message.timestamp.desc(), Message.id.desc()),
-        per_page=current_app.config["MESSAGES_PER_PAGE"],
+        current_app.config["MESSAGES_PER_PAGE"],
     )
     had_unread = current_user.unread_message_count() > 0
     current_user.last_message_read_time = utcnow()

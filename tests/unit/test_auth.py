@@ -1,0 +1,95 @@
+"""Registering, logging in and out."""
+
+import pytest
+import sqlalchemy as sa
+
+from app.extensions import db
+from app.models import User
+
+
+def test_register_creates_account_and_logs_in_afterwards(client, app):
+    r = client.post(
+        "/auth/register",
+        data={"username": "alice", "email": "Alice@Example.com", "password": "s3cret-pass", "password2": "s3cret-pass"},
+    )
+    assert r.status_code == 302 and r.headers["Location"] == "/auth/login"
+    with app.app_context():
+        user = db.session.scalar(sa.select(User).where(User.username == "alice"))
+        assert user.email == "alice@example.com"
+        assert user.password_hash != "s3cret-pass" and user.check_password("s3cret-pass")
+    r = client.post("/auth/login", data={"username": "alice", "password": "s3cret-pass"})
+    assert r.status_code == 302
+    assert b"Hi, alice" in client.get("/").data
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("username", "ab", b"3 to 64 letters"),
+        ("username", "a" * 65, b"3 to 64 letters"),
+        ("username", "bad name", b"3 to 64 letters"),
+        ("username", "<script>", b"3 to 64 letters"),
+        ("username", "ALICE", b"That username is taken"),
+        ("email", "not-an-email", b"Invalid email address"),
+        ("email", "ALICE@example.com", b"already registered"),
+        ("password", "short", b"At least 8 characters"),
+        ("password2", "different-pass", b"Passwords must match"),
+        ("username", "", b"This field is required"),
+    ],
+)
+def test_register_rejects_bad_input_with_a_form_error(client, auth, app, field, value, message):
+    auth.create("alice")
+    data = {"username": "bob", "email": "bob@example.com", "password": "long-enough", "password2": "long-enough"}
+    data[field] = value
+    if field == "password":
+        data["password2"] = value
+    r = client.post("/auth/register", data=data)
+    assert r.status_code == 200
+    assert message in r.data
+    with app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count(User.id))) == 1
+
+
+def test_register_missing_fields_is_a_form_error_not_a_crash(client):
+    r = client.post("/auth/register", data={})
+    assert r.status_code == 200 and b"This field is required" in r.data
+
+
+def test_login_with_wrong_password_is_refused(client, auth):
+    auth.create("alice")
+    r = auth.login("alice", "wrong-password")
+    assert r.status_code == 200 and b"Invalid username or password" in r.data
+    assert client.get("/messages").status_code == 302
+
+
+def test_login_honours_local_next(client, auth):
+    auth.create("alice")
+    r = client.post("/auth/login?next=/messages", data={"username": "alice", "password": auth.password})
+    assert r.headers["Location"] == "/messages"
+
+
+@pytest.mark.parametrize("target", ["http://evil.example/", "//evil.example/x", "/\\evil.example", "https:/x"])
+def test_login_ignores_foreign_next(client, auth, target):
+    auth.create("alice")
+    r = client.post("/auth/login", query_string={"next": target}, data={"username": "alice", "password": auth.password})
+    assert r.headers["Location"] == "/"
+
+
+def test_remember_me_sets_the_remember_cookie(client, auth):
+    auth.create("alice")
+    r = auth.login("alice", remember_me="y")
+    assert "remember_token=" in " ".join(r.headers.getlist("Set-Cookie"))
+
+
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_logout_ends_the_session(client, auth, method):
+    auth.create("alice")
+    auth.login("alice")
+    r = getattr(client, method)("/auth/logout")
+    assert r.status_code == 302
+    assert client.get("/messages").status_code == 302
+
+
+def test_protected_page_redirects_to_login_with_next(client):
+    r = client.get("/messages")
+    assert r.status_code == 302 and r.headers["Location"].startswith("/auth/login?next=")

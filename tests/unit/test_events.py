@@ -1,0 +1,64 @@
+"""The notification value object and its wire formats."""
+
+import json
+
+import pytest
+
+from app.notifications.events import Event, channel_for, coalesce_key, user_id_from_channel
+from app.notifications.routes import _Unseen
+
+
+def test_sse_frame_is_exactly_the_contract():
+    event = Event(name="unread_message_count", data=3, timestamp=1763700000.123, id=42)
+    assert str(event) == (
+        "id: 42\n"
+        "event: unread_message_count\n"
+        'data: {"id": 42, "name": "unread_message_count", "data": 3, "timestamp": 1763700000.123}\n\n'
+    )
+
+
+def test_event_without_id_has_no_id_line():
+    event = Event(name="announcement", data="maintenance at 5", timestamp=1.5)
+    frame = str(event)
+    assert not frame.startswith("id:") and "\nid:" not in frame
+    assert json.loads(frame.split("data: ", 1)[1]) == {"name": "announcement", "data": "maintenance at 5", "timestamp": 1.5}
+
+
+def test_newlines_in_data_stay_on_one_data_line():
+    frame = str(Event(name="x", data="line1\nline2\r\n", timestamp=1.0, id=1))
+    assert frame.count("\n") == 4 and frame.endswith("\n\n")
+
+
+def test_from_json_round_trip_and_defaults():
+    event = Event(name="task_progress", data={"task_id": "t1", "progress": 5}, timestamp=2.0, id=7)
+    assert Event.from_json(event.to_json()) == event
+    bare = Event.from_json('{"name": "announcement", "data": "hi"}')
+    assert bare.id is None and bare.data == "hi" and bare.timestamp > 1_700_000_000
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"not json", b"\xff\xfe", b"[1, 2]", b'"text"', b"{}", b'{"name": ""}', b'{"name": 5}',
+     b'{"name": "a\\nb"}', b'{"name": "x", "id": "7"}', b'{"name": "x", "id": true}', b'{"name": "x", "data": NaN}'],
+)
+def test_from_json_refuses_what_is_not_a_notification(raw):
+    with pytest.raises(ValueError):
+        Event.from_json(raw)
+
+
+def test_channels_and_keys():
+    assert channel_for(12) == "notifications:12"
+    assert user_id_from_channel("notifications:12") == 12
+    assert user_id_from_channel("notifications:x") is None and user_id_from_channel("other:1") is None
+    assert coalesce_key("unread_message_count", 3) == "unread_message_count"
+    assert coalesce_key("task_progress", {"task_id": "ab"}) == "task_progress:ab"
+
+
+def test_unseen_sends_each_id_once_and_nothing_below_the_cursor():
+    unseen = _Unseen(floor=5)
+    e = lambda i, name="n": Event(name=name, data=i, timestamp=1.0, id=i)  # noqa: E731
+    assert unseen.frames([e(4), e(6)]) == str(e(6))
+    assert unseen.frames([e(6)]) == "", "replayed then live: not twice"
+    assert unseen.frames([e(7, "other"), e(6)]) == str(e(7, "other"))
+    ephemeral = Event(name="announcement", data="hi", timestamp=1.0)
+    assert unseen.frames([ephemeral, ephemeral]) == str(ephemeral) * 2

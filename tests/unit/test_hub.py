@@ -1,0 +1,181 @@
+"""The per-process hub: fan-out, reference-counted subscriptions, slow consumers, reconnects.
+
+The hub's pub/sub connection is replaced by a scripted one that answers like Redis does
+(SUBSCRIBE is confirmed, messages arrive as ``[b"message", channel, payload]``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import gevent
+import gevent.queue
+import pytest
+import redis
+
+from app.notifications.events import Event
+from app.notifications.hub import Hub, Subscription, session_tag
+
+
+class ScriptedPubSub:
+    """A pub/sub connection: records commands, confirms subscriptions, delivers what the test pushes."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple] = []
+        self.replies: gevent.queue.Queue = gevent.queue.Queue()
+
+    def send_command(self, *args, check_health=True):
+        self.sent.append(args)
+        if args[0] in ("SUBSCRIBE", "UNSUBSCRIBE"):
+            for n, channel in enumerate(args[1:], 1):
+                self.replies.put([args[0].lower().encode(), channel.encode(), n])
+
+    def read_response(self):
+        reply = self.replies.get()
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def disconnect(self):
+        pass
+
+    def commands(self, name):
+        return [a for a in self.sent if a[0] == name]
+
+
+@pytest.fixture
+def conns():
+    return []
+
+
+@pytest.fixture
+def hub(conns):
+    def connect():
+        conn = ScriptedPubSub()
+        conns.append(conn)
+        return conn
+
+    hub = Hub(connect, ping_interval=60, subscribe_timeout=1, min_backoff=0.01, max_backoff=0.05)
+    yield hub
+    hub._stopping = True
+    gevent.killall(hub._greenlets)
+
+
+def publish(conn: ScriptedPubSub, user_id: int, event: Event | bytes) -> None:
+    payload = event if isinstance(event, bytes) else event.to_json().encode()
+    conn.replies.put([b"message", f"notifications:{user_id}".encode(), payload])
+    gevent.sleep(0)  # let the listener read it
+
+
+def ev(i: int, name: str = "unread_message_count") -> Event:
+    return Event(name=name, data=i, timestamp=1.0, id=i)
+
+
+def test_fan_out_reaches_every_stream_of_that_user_only(hub, conns):
+    a1, a2 = hub.subscribe(1), hub.subscribe(1)
+    b = hub.subscribe(2)
+    publish(conns[0], 1, ev(10))
+    assert a1.drain() == [ev(10)] and a2.drain() == [ev(10)]
+    assert b.drain() == []
+
+
+def test_one_subscribe_per_user_and_unsubscribe_with_the_last_stream(hub, conns):
+    subs = [hub.subscribe(1) for _ in range(40)]
+    conn = conns[0]
+    assert conn.commands("SUBSCRIBE") == [("SUBSCRIBE", "notifications:1")]
+    assert hub.stats() == {"users": 1, "streams": 40, "connected": True}
+    for sub in subs[:-1]:
+        hub.unsubscribe(sub)
+    assert conn.commands("UNSUBSCRIBE") == []
+    hub.unsubscribe(subs[-1])
+    hub.unsubscribe(subs[-1])  # twice is harmless
+    assert conn.commands("UNSUBSCRIBE") == [("UNSUBSCRIBE", "notifications:1")]
+    assert hub.stats()["users"] == 0
+    publish(conn, 1, ev(3))
+    assert subs[0].drain() == []
+
+
+def test_resubscribing_after_the_last_left_waits_for_a_fresh_confirmation(hub, conns):
+    hub.unsubscribe(hub.subscribe(1))
+    sub = hub.subscribe(1)
+    assert [c[0] for c in conns[0].sent] == ["SUBSCRIBE", "UNSUBSCRIBE", "SUBSCRIBE"]
+    assert "notifications:1" in hub._subscribed
+    publish(conns[0], 1, ev(5))
+    assert sub.drain() == [ev(5)]
+
+
+def test_slow_consumer_keeps_latest_per_key_then_falls_back_to_the_store(hub, conns):
+    sub = hub.subscribe(1)
+    conn = conns[0]
+    for i in range(1, 1001):
+        publish(conn, 1, ev(i))
+    assert sub.drain() == [ev(1000)], "a thousand counts coalesce into the latest"
+    for i in range(Subscription.MAX_PENDING + 1):
+        publish(conn, 1, ev(2000 + i, name=f"kind{i}"))
+    assert sub.pending == 0 and sub.resync, "too many keys: the stream re-reads the store"
+
+
+def test_malformed_messages_are_logged_and_dropped(hub, conns, caplog):
+    sub = hub.subscribe(1)
+    with caplog.at_level(logging.WARNING, logger="app.notifications.hub"):
+        publish(conns[0], 1, b"not json")
+        publish(conns[0], 1, b'{"data": 1}')
+        publish(conns[0], 1, b'{"name": "announcement", "data": "still here"}')
+    assert "dropped a message on notifications:1" in caplog.text
+    [event] = sub.drain()
+    assert event.name == "announcement" and event.id is None
+
+
+def test_session_ended_closes_only_that_login(hub, conns):
+    mine, other_tab_same_login, other_login = hub.subscribe(1, "s1"), hub.subscribe(1, "s1"), hub.subscribe(1, "s2")
+    publish(conns[0], 1, Event(name="session_ended", data={"session": session_tag("s1")}, timestamp=1.0))
+    assert mine.closed and other_tab_same_login.closed and not other_login.closed
+    assert other_login.drain() == [], "the control message is not forwarded"
+
+
+def test_reconnect_resubscribes_and_asks_streams_to_reread(hub, conns):
+    a, b = hub.subscribe(1), hub.subscribe(2)
+    conns[0].replies.put(redis.ConnectionError("Connection reset by peer"))
+    while len(conns) < 2 or not hub.connected.is_set():
+        gevent.sleep(0.01)
+    gevent.sleep(0)
+    assert conns[1].commands("SUBSCRIBE") == [("SUBSCRIBE", "notifications:1", "notifications:2")]
+    assert a.resync and b.resync
+    publish(conns[1], 2, ev(9))
+    assert b.drain() == [ev(9)]
+
+
+def test_subscribe_while_redis_is_away_returns_and_catches_up_later(conns):
+    attempts = []
+
+    def connect():
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise redis.ConnectionError("refused")
+        conn = ScriptedPubSub()
+        conns.append(conn)
+        return conn
+
+    hub = Hub(connect, ping_interval=60, subscribe_timeout=0.01, min_backoff=0.01, max_backoff=0.02)
+    sub = hub.subscribe(7)
+    assert not sub.resync
+    while not hub.connected.is_set():
+        gevent.sleep(0.01)
+    gevent.sleep(0)
+    assert conns[0].commands("SUBSCRIBE") == [("SUBSCRIBE", "notifications:7")]
+    assert sub.resync, "what was published while away is read from the store"
+    hub._stopping = True
+    gevent.killall(hub._greenlets)
+
+
+def test_shutdown_closes_every_stream(hub):
+    subs = [hub.subscribe(1), hub.subscribe(2)]
+    hub.shutdown()
+    assert all(s.closed for s in subs)
+
+
+def test_wait_wakes_on_offer_and_times_out_otherwise():
+    sub = Subscription(1, None)
+    assert sub.wait(0.01) is False
+    gevent.spawn_later(0.01, sub.offer, ev(1))
+    assert sub.wait(5) is True and sub.drain() == [ev(1)]
