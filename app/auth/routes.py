@@ -6,17 +6,17 @@ import time
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
-from flask import flash, redirect, render_template, request, session, url_for
+from flask import flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy.exc import IntegrityError
 
 from app.auth import bp
 from app.auth.forms import LoginForm, RegistrationForm
+from app.auth.sessions import end_login_session, start_login_session
 from app.extensions import db
 from app.models import User
 from app.notifications.events import Event
 from app.notifications.hub import SESSION_ENDED, session_tag
-from app.notifications.routes import SESSION_KEY
 from app.notifications.store import publish
 
 
@@ -64,8 +64,8 @@ def login():
         if user is None or not user.check_password(form.password.data):
             flash("Invalid username or password.", "danger")
             return render_template("auth/login.html", title="Log in", form=form), 200
-        session.pop(SESSION_KEY, None)
         login_user(user, remember=form.remember_me.data)
+        start_login_session()
         return redirect(next_page or url_for("main.index"))
     return render_template("auth/login.html", title="Log in", form=form)
 
@@ -74,7 +74,7 @@ def login():
 @login_required
 def logout():
     """End the session and close this login's open streams in every worker."""
-    sid = session.pop(SESSION_KEY, None)
+    sid = end_login_session()
     user_id = current_user.id
     logout_user()
     if sid:

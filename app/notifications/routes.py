@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
-import secrets
 from collections.abc import Iterator
 
 import sqlalchemy as sa
-from flask import Flask, Response, current_app, jsonify, request, session
+from flask import Flask, Response, current_app, jsonify, request
 from flask_login import current_user
 
+from app.auth.sessions import login_session_id
 from app.errors import json_error
 from app.extensions import db, realtime
 from app.models import Notification
@@ -20,17 +20,6 @@ from app.notifications.hub import GeventRequired, Hub, Subscription
 from app.notifications.store import stored_events
 
 log = logging.getLogger(__name__)
-
-SESSION_KEY = "stream_session"
-
-
-def login_session_id() -> str:
-    """An id for this login, kept in the session, naming its streams for logout."""
-    sid = session.get(SESSION_KEY)
-    if not sid:
-        sid = session[SESSION_KEY] = secrets.token_urlsafe(16)
-    return sid
-
 
 @bp.route("/notifications")
 def notifications():

@@ -85,10 +85,14 @@
       source.addEventListener(name, onEvent);
     });
     source.onmessage = onEvent;
-    source.onopen = function () { retryDelay = 1000; };
+    source.onopen = function () {
+      retryDelay = 1000;
+      body.setAttribute("data-stream-state", "open");
+    };
     source.onerror = function () {
       // CONNECTING: the browser retries by itself, sending Last-Event-ID.
       // CLOSED: the server answered with something other than a 200 stream.
+      body.setAttribute("data-stream-state", source.readyState === EventSource.CLOSED ? "closed" : "connecting");
       if (source.readyState !== EventSource.CLOSED) return;
       source.close();
       fetch(pollUrl + "?since=" + Date.now() / 1000, { credentials: "same-origin" })

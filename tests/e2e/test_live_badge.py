@@ -1,0 +1,90 @@
+"""What a user sees: the badge and toasts change without a reload."""
+
+from __future__ import annotations
+
+import time
+
+from playwright.sync_api import expect
+
+from tests.e2e.conftest import wait_for_stream
+
+HTML_BODY = '<img src=x onerror="window.pwned=1"><b>bold</b>'
+
+
+def send_through_the_form(page, recipient: str, text: str) -> None:
+    page.goto(f"/user/{recipient}")
+    page.click("#send_message_link")
+    page.fill("#message", text)
+    page.click("#submit")
+    page.wait_for_url(f"**/user/{recipient}")
+
+
+def test_badge_goes_live_from_0_to_1_and_html_stays_text(make_user, login_page):
+    alice, bob = make_user("alice"), make_user("bob")
+    a_page, b_page = login_page(alice), login_page(bob)
+    badge = b_page.locator("#message_count")
+    expect(badge).to_be_hidden()
+    expect(badge).to_have_text("0")
+
+    send_through_the_form(a_page, bob.username, HTML_BODY)
+    sent = time.monotonic()
+    expect(badge).to_have_text("1", timeout=1000)
+    expect(badge).to_be_visible(timeout=1000)
+    latency = time.monotonic() - sent
+    assert latency < 1.0
+
+    toast = b_page.locator("#toasts .toast").first
+    expect(toast).to_contain_text(f"Message from {alice.username}")
+    expect(toast.locator(".toast-body")).to_have_text(HTML_BODY)
+    assert toast.locator("b, img").count() == 0
+    assert b_page.evaluate("window.pwned") is None
+
+    b_page.goto("/messages")
+    expect(b_page.locator(".message-body").first).to_have_text(HTML_BODY)
+    assert b_page.locator(".message-body b").count() == 0
+
+
+def test_reading_the_inbox_in_one_tab_clears_the_badge_in_the_others(make_user, login_page):
+    alice, bob = make_user("alice"), make_user("bob")
+    a_page, first_tab = login_page(alice), login_page(bob)
+    send_through_the_form(a_page, bob.username, "one")
+    send_through_the_form(a_page, bob.username, "two")
+    badge = first_tab.locator("#message_count")
+    expect(badge).to_have_text("2")
+
+    second_tab = first_tab.context.new_page()
+    second_tab.goto("/messages")
+    expect(second_tab.locator(".message-body")).to_have_count(2)
+    expect(badge).to_be_hidden()
+    expect(badge).to_have_text("0")
+
+
+def test_logging_out_elsewhere_sends_this_tab_to_the_login_page(make_user, login_page):
+    bob = make_user("bob")
+    page = login_page(bob)
+    other_tab = page.context.new_page()
+    other_tab.goto("/auth/logout")
+    # The stream ends, the browser reconnects, gets 401, and the script goes to the login page.
+    page.wait_for_url("**/auth/login?next=*", timeout=10_000)
+
+
+def test_set_message_count_drives_the_badge(make_user, login_page):
+    page = login_page(make_user("carol"))
+    page.evaluate("set_message_count(7)")
+    expect(page.locator("#message_count")).to_have_text("7")
+    expect(page.locator("#message_count")).to_be_visible()
+    page.evaluate("set_message_count(0)")
+    expect(page.locator("#message_count")).to_be_hidden()
+
+
+def test_phone_width_navbar_collapses_and_still_shows_the_badge(make_user, login_page, browser, server):
+    bob = make_user("bob")
+    page = login_page(bob)
+    page.set_viewport_size({"width": 375, "height": 740})
+    page.reload()
+    wait_for_stream(page)
+    toggler = page.locator(".navbar-toggler")
+    expect(toggler).to_be_visible()
+    toggler.click()
+    expect(page.locator("#messages_link")).to_be_visible()
+    page.screenshot(path=str(server.log_path.parent / "phone.png"))
