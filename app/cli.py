@@ -17,7 +17,14 @@ def init_app(app: Flask) -> None:
 
     @app.shell_context_processor
     def shell_context() -> dict:
-        return {"db": db, "sa": sa, "User": User, "Message": Message, "Notification": Notification, "Task": Task}
+        return {
+            "db": db,
+            "sa": sa,
+            "User": User,
+            "Message": Message,
+            "Notification": Notification,
+            "Task": Task,
+        }
 
     @app.cli.command("notify")
     @click.argument("username")

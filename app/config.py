@@ -50,8 +50,7 @@ def load_config(instance_path: str) -> dict:
     instance.mkdir(parents=True, exist_ok=True)
     return {
         "SECRET_KEY": _secret_key(instance),
-        "SQLALCHEMY_DATABASE_URI": os.environ.get("DATABASE_URL")
-        or f"sqlite:///{instance / 'tidings.db'}",
+        "SQLALCHEMY_DATABASE_URI": os.environ.get("DATABASE_URL") or f"sqlite:///{instance / 'tidings.db'}",
         "REDIS_URL": os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
         "SSE_HEARTBEAT_SECONDS": _int_env("SSE_HEARTBEAT_SECONDS", 15),
         "SSE_RETRY_MS": _int_env("SSE_RETRY_MS", 3000),
@@ -59,6 +58,8 @@ def load_config(instance_path: str) -> dict:
         "USERS_PER_PAGE": _int_env("USERS_PER_PAGE", 25),
         "EXPORT_DIR": os.environ.get("EXPORT_DIR") or str(instance / "exports"),
         "TASK_QUEUE": "tidings-tasks",
+        # A pause per exported message: 0 in production; demos and tests slow the bar down.
+        "EXPORT_SLOWDOWN_SECONDS": float(os.environ.get("EXPORT_SLOWDOWN_SECONDS") or 0),
         # Forms are small; anything bigger than this is refused with 413.
         "MAX_CONTENT_LENGTH": 64 * 1024,
         "BOOTSTRAP_SERVE_LOCAL": True,

@@ -6,6 +6,8 @@ import os
 
 import redis
 from flask import Flask, current_app
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from flask_bootstrap import Bootstrap5
 from flask_login import LoginManager
 from flask_migrate import Migrate
@@ -81,12 +83,13 @@ class _RealtimeState:
     def redis(self) -> redis.Redis:
         self._forked()
         if self._redis is None:
-            # Short timeouts: a send must not hang while Redis is away; replay covers it.
+            # Fail fast, no retries: a send must not hang while Redis is away; replay covers it.
             self._redis = redis.Redis.from_url(
                 self.app.config["REDIS_URL"],
                 socket_connect_timeout=1,
                 socket_timeout=2,
                 health_check_interval=30,
+                retry=Retry(NoBackoff(), 0),
             )
         return self._redis
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,7 +17,7 @@ from app.extensions import db, login
 
 def utcnow() -> datetime:
     """The current time, timezone-aware, in UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class UTCDateTime(sa.TypeDecorator):
@@ -31,10 +31,10 @@ class UTCDateTime(sa.TypeDecorator):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
-        return value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value.astimezone(UTC).replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
-        return None if value is None else value.replace(tzinfo=timezone.utc)
+        return None if value is None else value.replace(tzinfo=UTC)
 
 
 class User(UserMixin, db.Model):
@@ -73,9 +73,7 @@ class User(UserMixin, db.Model):
     def latest_notification_id(self) -> int:
         """The newest stored notification id, the cursor a freshly rendered page starts from."""
         return (
-            db.session.scalar(
-                sa.select(sa.func.max(Notification.id)).where(Notification.user_id == self.id)
-            )
+            db.session.scalar(sa.select(sa.func.max(Notification.id)).where(Notification.user_id == self.id))
             or 0
         )
 
@@ -152,6 +150,17 @@ class Task(db.Model):
     """A background job run for a user; its id is the RQ job id."""
 
     __tablename__ = "task"
+    # One active task of a kind per user, enforced by the database even under races.
+    __table_args__ = (
+        sa.Index(
+            "uq_task_one_active",
+            "user_id",
+            "name",
+            unique=True,
+            sqlite_where=sa.text("status IN ('queued', 'running')"),
+            postgresql_where=sa.text("status IN ('queued', 'running')"),
+        ),
+    )
 
     id: so.Mapped[str] = so.mapped_column(sa.String(36), primary_key=True)
     name: so.Mapped[str] = so.mapped_column(sa.String(128), index=True)

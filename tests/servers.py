@@ -39,8 +39,9 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
 
 def migrate(env: dict[str, str]) -> None:
     """``flask --app wsgi db upgrade`` against env's DATABASE_URL."""
-    subprocess.run([BIN / "flask", "--app", "wsgi", "db", "upgrade"], cwd=ROOT, env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [BIN / "flask", "--app", "wsgi", "db", "upgrade"], cwd=ROOT, env=env, check=True, capture_output=True
+    )
 
 
 class RedisServer:
@@ -57,9 +58,21 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.proc = subprocess.Popen(
-            [BIN / "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.tmp)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                BIN / "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.tmp),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(port=self.port)
         wait_until(lambda: _pings(client), 10, "redis-server to answer")
@@ -96,7 +109,10 @@ class LiveServer:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [BIN / "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         wait_until(self._ready, 30, f"gunicorn on {self.url} (log: {self.log_path})")
         return self
@@ -111,6 +127,44 @@ class LiveServer:
 
     def workers(self) -> list[psutil.Process]:
         """The worker processes (children of the master)."""
+        return psutil.Process(self.proc.pid).children()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+class WorkerProcess:
+    """``python -m workers``, exactly as operators start it."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env = {**os.environ, **env}
+        self.log_path = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> WorkerProcess:
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "workers"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(lambda: "Listening on tidings-tasks" in self.log(), 30, f"the RQ worker ({self.log_path})")
+        return self
+
+    def horses(self) -> list[psutil.Process]:
+        """The work-horse processes RQ forked for running jobs."""
         return psutil.Process(self.proc.pid).children()
 
     def log(self) -> str:

@@ -12,6 +12,7 @@ import redis
 from rq import Queue, Worker
 
 from app.config import load_config
+from workers.jobs import on_work_horse_killed
 
 log = logging.getLogger("workers")
 
@@ -25,7 +26,7 @@ def wait_for_redis(client: redis.Redis, patience: float = 60.0) -> None:
             return
         except redis.ConnectionError as exc:
             if time.monotonic() > deadline:
-                raise SystemExit(f"Redis at {client.connection_pool.connection_kwargs} is not answering: {exc}")
+                raise SystemExit(f"Redis is not answering after {patience:.0f}s: {exc}") from exc
             log.info("waiting for Redis: %s", exc)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -40,7 +41,14 @@ def main() -> None:
     wait_for_redis(connection)
     queue = Queue(config["TASK_QUEUE"], connection=connection)
     name = f"tidings-{socket.gethostname()}-{os.getpid()}"
-    worker = Worker([queue], connection=connection, name=name)
+    worker = Worker(
+        [queue],
+        connection=connection,
+        name=name,
+        work_horse_killed_handler=on_work_horse_killed,
+        # How often abandoned jobs (their worker died) are found and their tasks failed.
+        maintenance_interval=60,
+    )
     log.info("worker %s listening on queue %s at %s", name, queue.name, config["REDIS_URL"])
     worker.work(logging_level="INFO")
 

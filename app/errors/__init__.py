@@ -20,7 +20,9 @@ def wants_json() -> bool:
     if request.path.startswith(JSON_PATHS):
         return True
     best = request.accept_mimetypes.best_match(["application/json", "text/html"])
-    return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
+    return (
+        best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
+    )
 
 
 def json_error(status: int, message: str) -> tuple[Response, int]:

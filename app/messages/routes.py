@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import current_app, flash, redirect, render_template, url_for
+from flask import abort, current_app, flash, redirect, render_template, send_file, url_for
 from flask_login import current_user, login_required
 
+from app.errors import json_error, wants_json
 from app.extensions import db
 from app.messages import bp
 from app.messages.forms import ExportForm, MessageForm
-from app.models import Message, User, utcnow
-from app.paging import paginate
+from app.models import Message, Task, User, utcnow
 from app.notifications.store import notify, store
+from app.paging import paginate
+from app.tasks import TaskAlreadyRunning, TaskNotStarted, export_path, launch_task
 
 PREVIEW_CHARS = 60
 
@@ -64,6 +66,54 @@ def messages():
         notify(current_user, "unread_message_count", 0)  # clears the badge in every tab
     else:
         db.session.commit()
+    tasks = db.session.scalars(
+        sa.select(Task)
+        .where(Task.user_id == current_user.id, Task.name == "export_messages")
+        .order_by(Task.created_at.desc())
+        .limit(3)
+    ).all()
     return render_template(
-        "messages/messages.html", title="Messages", page=page, export_form=ExportForm()
+        "messages/messages.html", title="Messages", page=page, export_form=ExportForm(), tasks=tasks
+    )
+
+
+@bp.route("/export_messages", methods=["POST"])
+@login_required
+def export_messages():
+    """Start a background export of the user's messages (one at a time)."""
+    form = ExportForm()
+    if not form.validate_on_submit():
+        abort(400, "The form expired. Please try again.")
+    try:
+        task = launch_task(current_user, "export_messages", "Exporting your messages")
+    except TaskAlreadyRunning:
+        if wants_json():
+            return json_error(409, "an export of your messages is already running")
+        flash("An export of your messages is already running.", "warning")
+    except TaskNotStarted:
+        if wants_json():
+            return json_error(503, "the export could not be started; please try again shortly")
+        flash("The export could not be started. Please try again shortly.", "danger")
+    else:
+        if wants_json():
+            return {"task_id": task.id, "status": task.status}, 202
+        flash("Your messages are being exported.", "info")
+    return redirect(url_for("messages.messages"))
+
+
+@bp.route("/exports/<task_id>")
+@login_required
+def download_export(task_id: str):
+    """The finished export file, for its owner only (anyone else: 404)."""
+    task = db.session.get(Task, task_id[:36])
+    if task is None or task.user_id != current_user.id or task.status != "finished":
+        abort(404)
+    path = export_path(current_app, current_user.id, task.id)
+    if not path.is_file():
+        abort(404, "That export is no longer available.")
+    return send_file(
+        path,
+        mimetype="application/json",
+        as_attachment=True,
+        download_name=f"tidings-messages-{current_user.username}.json",
     )

@@ -21,6 +21,7 @@ from app.notifications.store import stored_events
 
 log = logging.getLogger(__name__)
 
+
 @bp.route("/notifications")
 def notifications():
     """The user's notifications newer than ``since`` (Unix seconds), oldest first."""
@@ -82,9 +83,7 @@ def stream():
     )
 
 
-def _frames(
-    app: Flask, hub: Hub, user_id: int, session_id: str, cursor: int | None
-) -> Iterator[str]:
+def _frames(app: Flask, hub: Hub, user_id: int, session_id: str, cursor: int | None) -> Iterator[str]:
     """The body of one stream. Runs after the request context is gone, holding no DB session."""
     heartbeat = app.config["SSE_HEARTBEAT_SECONDS"]
     yield f"retry: {app.config['SSE_RETRY_MS']}\n\n"

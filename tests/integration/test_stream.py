@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 
-import pytest
 import redis
 
 from tests.helpers import SSE

@@ -10,7 +10,12 @@ from app.models import User
 def test_register_creates_account_and_logs_in_afterwards(client, app):
     r = client.post(
         "/auth/register",
-        data={"username": "alice", "email": "Alice@Example.com", "password": "s3cret-pass", "password2": "s3cret-pass"},
+        data={
+            "username": "alice",
+            "email": "Alice@Example.com",
+            "password": "s3cret-pass",
+            "password2": "s3cret-pass",
+        },
     )
     assert r.status_code == 302 and r.headers["Location"] == "/auth/login"
     with app.app_context():
@@ -39,7 +44,12 @@ def test_register_creates_account_and_logs_in_afterwards(client, app):
 )
 def test_register_rejects_bad_input_with_a_form_error(client, auth, app, field, value, message):
     auth.create("alice")
-    data = {"username": "bob", "email": "bob@example.com", "password": "long-enough", "password2": "long-enough"}
+    data = {
+        "username": "bob",
+        "email": "bob@example.com",
+        "password": "long-enough",
+        "password2": "long-enough",
+    }
     data[field] = value
     if field == "password":
         data["password2"] = value
@@ -68,10 +78,14 @@ def test_login_honours_local_next(client, auth):
     assert r.headers["Location"] == "/messages"
 
 
-@pytest.mark.parametrize("target", ["http://evil.example/", "//evil.example/x", "/\\evil.example", "https:/x"])
+@pytest.mark.parametrize(
+    "target", ["http://evil.example/", "//evil.example/x", "/\\evil.example", "https:/x"]
+)
 def test_login_ignores_foreign_next(client, auth, target):
     auth.create("alice")
-    r = client.post("/auth/login", query_string={"next": target}, data={"username": "alice", "password": auth.password})
+    r = client.post(
+        "/auth/login", query_string={"next": target}, data={"username": "alice", "password": auth.password}
+    )
     assert r.headers["Location"] == "/"
 
 

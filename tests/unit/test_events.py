@@ -21,7 +21,11 @@ def test_event_without_id_has_no_id_line():
     event = Event(name="announcement", data="maintenance at 5", timestamp=1.5)
     frame = str(event)
     assert not frame.startswith("id:") and "\nid:" not in frame
-    assert json.loads(frame.split("data: ", 1)[1]) == {"name": "announcement", "data": "maintenance at 5", "timestamp": 1.5}
+    assert json.loads(frame.split("data: ", 1)[1]) == {
+        "name": "announcement",
+        "data": "maintenance at 5",
+        "timestamp": 1.5,
+    }
 
 
 def test_newlines_in_data_stay_on_one_data_line():
@@ -38,8 +42,19 @@ def test_from_json_round_trip_and_defaults():
 
 @pytest.mark.parametrize(
     "raw",
-    [b"not json", b"\xff\xfe", b"[1, 2]", b'"text"', b"{}", b'{"name": ""}', b'{"name": 5}',
-     b'{"name": "a\\nb"}', b'{"name": "x", "id": "7"}', b'{"name": "x", "id": true}', b'{"name": "x", "data": NaN}'],
+    [
+        b"not json",
+        b"\xff\xfe",
+        b"[1, 2]",
+        b'"text"',
+        b"{}",
+        b'{"name": ""}',
+        b'{"name": 5}',
+        b'{"name": "a\\nb"}',
+        b'{"name": "x", "id": "7"}',
+        b'{"name": "x", "id": true}',
+        b'{"name": "x", "data": NaN}',
+    ],
 )
 def test_from_json_refuses_what_is_not_a_notification(raw):
     with pytest.raises(ValueError):

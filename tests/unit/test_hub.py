@@ -127,7 +127,11 @@ def test_malformed_messages_are_logged_and_dropped(hub, conns, caplog):
 
 
 def test_session_ended_closes_only_that_login(hub, conns):
-    mine, other_tab_same_login, other_login = hub.subscribe(1, "s1"), hub.subscribe(1, "s1"), hub.subscribe(1, "s2")
+    mine, other_tab_same_login, other_login = (
+        hub.subscribe(1, "s1"),
+        hub.subscribe(1, "s1"),
+        hub.subscribe(1, "s2"),
+    )
     publish(conns[0], 1, Event(name="session_ended", data={"session": session_tag("s1")}, timestamp=1.0))
     assert mine.closed and other_tab_same_login.closed and not other_login.closed
     assert other_login.drain() == [], "the control message is not forwarded"

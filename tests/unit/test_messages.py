@@ -8,7 +8,9 @@ import sqlalchemy as sa
 from app.extensions import db
 from app.models import Message, Notification
 
-BADGE_RE = re.compile(r'<span id="message_count" class="badge[^"]*"\s+style="visibility: (\w+);">(\d+)</span>')
+BADGE_RE = re.compile(
+    r'<span id="message_count" class="badge[^"]*"\s+style="visibility: (\w+);">(\d+)</span>'
+)
 
 
 def badge(client) -> tuple[str, int]:
@@ -74,7 +76,9 @@ def test_messaging_yourself_is_refused(client, two_users, app):
     two_users.login("alice")
     r = send(client, "alice", "hi me")
     assert r.status_code == 302
-    assert "You cannot send a message to yourself." in client.get(r.headers["Location"]).get_data(as_text=True)
+    assert "You cannot send a message to yourself." in client.get(r.headers["Location"]).get_data(
+        as_text=True
+    )
     with app.app_context():
         assert db.session.scalar(sa.select(sa.func.count(Message.id))) == 0
 

@@ -1,0 +1,32 @@
+// Live progress bars for background tasks, driven by "task_progress" notifications.
+(function () {
+  "use strict";
+  document.addEventListener("tidings:task_progress", function (e) {
+    var d = e.detail.data || {};
+    var card = document.querySelector('.task[data-task-id="' + CSS.escape(String(d.task_id)) + '"]');
+    if (!card) return;
+    var bar = card.querySelector(".progress-bar");
+    var status = card.querySelector(".task-status");
+    var progress = Math.max(0, Math.min(100, Number(d.progress) || 0));
+    bar.style.width = progress + "%";
+    card.querySelector(".progress").setAttribute("aria-valuenow", String(progress));
+    if (d.status === "failed") {
+      bar.classList.add("bg-danger");
+      status.textContent = "";
+      var failed = document.createElement("span");
+      failed.className = "text-danger";
+      failed.textContent = "Failed";
+      status.appendChild(failed);
+    } else if (progress >= 100 && d.download_url) {
+      bar.classList.add("bg-success");
+      status.textContent = "";
+      var link = document.createElement("a");
+      link.className = "task-download";
+      link.href = d.download_url;
+      link.textContent = "Download";
+      status.appendChild(link);
+    } else {
+      status.textContent = progress + "%";
+    }
+  });
+})();

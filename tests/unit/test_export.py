@@ -1,0 +1,170 @@
+"""The message export as a background task, with RQ in synchronous mode on fakeredis."""
+
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from app.extensions import db
+from app.models import Message, Task
+from workers.jobs import ProgressReporter, on_work_horse_killed
+
+
+@pytest.fixture
+def config(config):
+    return {**config, "TASKS_RUN_INLINE": True}
+
+
+@pytest.fixture
+def people(auth, app):
+    ids = {name: auth.create(name) for name in ("alice", "bob", "carol")}
+    with app.app_context():
+        for i in range(30):
+            db.session.add(Message(sender_id=ids["alice"], recipient_id=ids["bob"], body=f"to bob {i}"))
+        db.session.add(Message(sender_id=ids["bob"], recipient_id=ids["alice"], body="to alice"))
+        db.session.add(Message(sender_id=ids["carol"], recipient_id=ids["alice"], body="not bob's"))
+        db.session.commit()
+    return ids
+
+
+def progress_events(fake_redis, user_id):
+    pubsub = fake_redis.pubsub()
+    pubsub.subscribe(f"notifications:{user_id}")
+    pubsub.get_message(timeout=1)
+    return pubsub
+
+
+def drain(pubsub):
+    out = []
+    while (msg := pubsub.get_message(timeout=0.2)) is not None:
+        out.append(json.loads(msg["data"]))
+    return out
+
+
+def test_export_writes_every_message_and_reports_progress_to_100(client, auth, people, fake_redis, app):
+    watch = progress_events(fake_redis, people["bob"])
+    auth.login("bob")
+    r = client.post("/export_messages")
+    assert r.status_code == 302
+    events = [e for e in drain(watch) if e["name"] == "task_progress"]
+    progress = [e["data"]["progress"] for e in events]
+    assert progress == sorted(progress) and progress[-1] == 100
+    final = events[-1]["data"]
+    assert final["download_url"] == f"/exports/{final['task_id']}"
+    assert final["description"] == "Exporting your messages"
+    with app.app_context():
+        task = db.session.get(Task, final["task_id"])
+        assert task.status == "finished" and task.progress == 100 and task.finished_at is not None
+
+    page = client.get("/messages").get_data(as_text=True)
+    assert f'href="/exports/{final["task_id"]}"' in page
+
+    download = client.get(final["download_url"])
+    assert download.status_code == 200
+    assert "attachment" in download.headers["Content-Disposition"]
+    body = json.loads(download.data)
+    assert body["user"] == "bob"
+    assert len(body["messages"]) == 31
+    assert {m["body"] for m in body["messages"]} >= {"to bob 0", "to alice"}
+    assert "not bob's" not in {m["body"] for m in body["messages"]}
+
+    auth.logout()
+    auth.login("alice")
+    assert client.get(final["download_url"]).status_code == 404, "only the owner downloads"
+    assert client.get("/exports/no-such-task").status_code == 404
+
+
+def test_one_export_at_a_time(client, auth, people, app, fake_redis):
+    with app.app_context():
+        db.session.add(
+            Task(
+                id="t-running",
+                name="export_messages",
+                description="x",
+                user_id=people["bob"],
+                status="running",
+            )
+        )
+        db.session.commit()
+    auth.login("bob")
+    r = client.post("/export_messages")
+    assert r.status_code == 302
+    assert "An export of your messages is already running." in client.get("/messages").get_data(as_text=True)
+    r = client.post("/export_messages", headers={"Accept": "application/json"})
+    assert r.status_code == 409 and "already running" in r.get_json()["error"]
+    with app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count(Task.id))) == 1
+    assert fake_redis.llen("rq:queue:tidings-tasks") == 0
+
+
+def test_the_database_refuses_a_second_active_task_even_in_a_race(app, people):
+    from sqlalchemy.exc import IntegrityError
+
+    with app.app_context():
+        for i in range(2):
+            db.session.add(Task(id=f"t{i}", name="export_messages", description="x", user_id=people["bob"]))
+        with pytest.raises(IntegrityError):
+            db.session.commit()
+
+
+def test_a_failing_export_marks_the_task_failed_and_says_so(client, auth, people, app, fake_redis, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    app.config["EXPORT_DIR"] = str(blocker)
+    watch = progress_events(fake_redis, people["bob"])
+    auth.login("bob")
+    client.post("/export_messages")
+    final = [e for e in drain(watch) if e["name"] == "task_progress"][-1]["data"]
+    assert final["status"] == "failed" and "NotADirectoryError" in final["error"]
+    with app.app_context():
+        task = db.session.get(Task, final["task_id"])
+        assert task.status == "failed" and task.finished_at is not None
+    page = client.get("/messages").get_data(as_text=True)
+    assert "Failed" in page and "bg-danger" in page
+    # Once it has failed, a new export may start.
+    assert client.post("/export_messages").status_code == 302
+    with app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count(Task.id))) == 2
+
+
+def test_a_dead_work_horse_fails_the_task(app, people):
+    with app.app_context():
+        db.session.add(
+            Task(
+                id="t-dead",
+                name="export_messages",
+                description="x",
+                user_id=people["bob"],
+                status="running",
+                progress=40,
+            )
+        )
+        db.session.commit()
+
+    class Job:
+        id = "t-dead"
+
+    with app.app_context():  # the worker process's own app, here the test app
+        on_work_horse_killed(Job(), 1234, 9, None)
+        db.session.remove()
+        task = db.session.get(Task, "t-dead")
+        assert task.status == "failed" and "died" in task.error and task.progress == 40
+
+
+def test_progress_is_published_on_whole_percent_changes_only(app, people, fake_redis):
+    watch = progress_events(fake_redis, people["bob"])
+    with app.app_context():
+        task = Task(
+            id="t-p", name="export_messages", description="x", user_id=people["bob"], status="running"
+        )
+        db.session.add(task)
+        db.session.commit()
+        reporter = ProgressReporter(task, min_interval=0)
+        for done in range(1, 1001):
+            reporter.update(done, 1000)
+        throttled = ProgressReporter(task, min_interval=60)
+        for done in range(1, 1001):
+            throttled.update(done, 1000)
+    progress = [e["data"]["progress"] for e in drain(watch)]
+    assert progress[:100] == list(range(0, 100)), "0..99, each whole percent once"
+    assert progress[100:] == [0], "the throttled reporter published once in its interval"

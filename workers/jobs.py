@@ -1,0 +1,138 @@
+"""Background jobs. Each is a plain function taking ids and running inside an app context.
+
+The app is built on first use inside the process that runs the job (RQ's forked work
+horse), never at import time, so no database connection crosses a fork.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Flask, current_app, has_app_context
+
+from app.extensions import db
+from app.models import Message, Task, User, utcnow
+from app.notifications.store import notify
+from app.tasks import download_url, export_path
+
+log = logging.getLogger(__name__)
+
+_app: Flask | None = None
+
+# Progress is published on whole-percent changes only, at most this often.
+PROGRESS_MIN_INTERVAL = 0.1
+
+
+def get_app() -> Flask:
+    """The current app (RQ's synchronous mode in tests), else one built for this process."""
+    global _app
+    if has_app_context():
+        return current_app._get_current_object()
+    if _app is None:
+        from app import create_app
+
+        _app = create_app()
+    return _app
+
+
+class ProgressReporter:
+    """Stores and publishes ``task_progress`` for one task, throttled."""
+
+    def __init__(self, task: Task, min_interval: float = PROGRESS_MIN_INTERVAL) -> None:
+        self.task = task
+        self.min_interval = min_interval
+        self._last_percent = -1
+        self._last_time = 0.0
+
+    def payload(self, percent: int, **extra: Any) -> dict[str, Any]:
+        """The ``task_progress`` data."""
+        return {
+            "task_id": self.task.id,
+            "progress": percent,
+            "description": self.task.description,
+            "status": self.task.status,
+            **extra,
+        }
+
+    def update(self, done: int, total: int) -> None:
+        """Report ``done`` of ``total`` (below 100: the final report is ``finish``)."""
+        percent = min(99, done * 100 // total) if total else 0
+        now = time.monotonic()
+        if percent == self._last_percent or now - self._last_time < self.min_interval:
+            return
+        self._last_percent, self._last_time = percent, now
+        self.task.progress = percent
+        notify(self.task.user, "task_progress", self.payload(percent))
+
+    def finish(self) -> None:
+        """Mark the task finished and publish 100 with the download link."""
+        self.task.status = "finished"
+        self.task.progress = 100
+        self.task.finished_at = utcnow()
+        notify(self.task.user, "task_progress", self.payload(100, download_url=download_url(self.task.id)))
+
+
+def export_messages(user_id: int, task_id: str) -> str:
+    """Write every message the user sent or received to a JSON file, reporting progress."""
+    app = get_app()
+    with app.app_context():
+        task = db.session.get(Task, task_id)
+        if task is None or task.user_id != user_id:
+            raise LookupError(f"no task {task_id} for user {user_id}")
+        task.status = "running"
+        reporter = ProgressReporter(task)
+        db.session.commit()
+        user = db.session.get(User, user_id)
+        query = (
+            sa.select(Message)
+            .where(sa.or_(Message.sender_id == user_id, Message.recipient_id == user_id))
+            .order_by(Message.timestamp, Message.id)
+        )
+        total = db.session.scalar(sa.select(sa.func.count()).select_from(query.subquery())) or 0
+        slowdown = app.config.get("EXPORT_SLOWDOWN_SECONDS", 0.0)
+        path = export_path(app, user_id, task_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".part")
+        with partial.open("w", encoding="utf-8") as out:
+            head = json.dumps({"user": user.username, "exported_at": utcnow().isoformat()})
+            out.write(head[:-1] + ', "messages": [\n')
+            for done, message in enumerate(db.session.scalars(query.execution_options(yield_per=500)), 1):
+                out.write(("" if done == 1 else ",\n") + json.dumps(message.to_dict()))
+                if slowdown:
+                    time.sleep(slowdown)
+                reporter.update(done, total)
+            out.write("\n]}\n")
+        os.replace(partial, path)  # the download never sees a half-written file
+        reporter.finish()
+        log.info("exported %d messages of user %s to %s", total, user_id, path)
+        return str(path)
+
+
+def mark_failed(task_id: str, reason: str) -> None:
+    """Mark a task failed and tell its owner's browser, whatever killed it."""
+    app = get_app()
+    with app.app_context():
+        db.session.rollback()
+        task = db.session.get(Task, task_id)
+        if task is None or not task.active:
+            return
+        task.status = "failed"
+        task.finished_at = utcnow()
+        task.error = reason[:256]
+        notify(task.user, "task_progress", ProgressReporter(task).payload(task.progress, error=task.error))
+        log.warning("task %s failed: %s", task_id, reason)
+
+
+def on_job_failure(job, connection, exc_type, exc_value, tb) -> None:
+    """RQ failure callback: the job raised, timed out, or was found abandoned."""
+    mark_failed(job.id, f"{exc_type.__name__}: {exc_value}".strip().rstrip(":"))
+
+
+def on_work_horse_killed(job, retpid, ret_val, rusage) -> None:
+    """RQ hook: the process running the job died (killed, out of memory)."""
+    mark_failed(job.id, f"the worker process running it died (status {ret_val})")
