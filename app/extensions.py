@@ -6,13 +6,13 @@ import os
 
 import redis
 from flask import Flask, current_app
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from flask_bootstrap import Bootstrap5
 from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
 

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import sqlalchemy as sa
+import sqlalchemy.orm as so
 from flask import Flask, current_app, has_app_context
 
 from app.extensions import db
@@ -88,12 +89,8 @@ def export_messages(user_id: int, task_id: str) -> str:
         reporter = ProgressReporter(task)
         db.session.commit()
         user = db.session.get(User, user_id)
-        query = (
-            sa.select(Message)
-            .where(sa.or_(Message.sender_id == user_id, Message.recipient_id == user_id))
-            .order_by(Message.timestamp, Message.id)
-        )
-        total = db.session.scalar(sa.select(sa.func.count()).select_from(query.subquery())) or 0
+        mine = sa.or_(Message.sender_id == user_id, Message.recipient_id == user_id)
+        total = db.session.scalar(sa.select(sa.func.count(Message.id)).where(mine)) or 0
         slowdown = app.config.get("EXPORT_SLOWDOWN_SECONDS", 0.0)
         path = export_path(app, user_id, task_id)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,8 +98,10 @@ def export_messages(user_id: int, task_id: str) -> str:
         with partial.open("w", encoding="utf-8") as out:
             head = json.dumps({"user": user.username, "exported_at": utcnow().isoformat()})
             out.write(head[:-1] + ', "messages": [\n')
-            for done, message in enumerate(db.session.scalars(query.execution_options(yield_per=500)), 1):
-                out.write(("" if done == 1 else ",\n") + json.dumps(message.to_dict()))
+            done = 0
+            for row in _in_batches(mine):
+                out.write(("" if done == 0 else ",\n") + json.dumps(row))
+                done += 1
                 if slowdown:
                     time.sleep(slowdown)
                 reporter.update(done, total)
@@ -111,6 +110,29 @@ def export_messages(user_id: int, task_id: str) -> str:
         reporter.finish()
         log.info("exported %d messages of user %s to %s", total, user_id, path)
         return str(path)
+
+
+def _in_batches(condition, size: int = 500):
+    """Messages matching ``condition`` in id order, as export dicts, a batch per query.
+
+    Progress reports commit between rows; a commit would close a server-side cursor, so each
+    batch is a fresh keyset query instead of one long-lived result.
+    """
+    last_id = 0
+    while True:
+        batch = db.session.scalars(
+            sa.select(Message)
+            .options(so.joinedload(Message.sender), so.joinedload(Message.recipient))
+            .where(condition, Message.id > last_id)
+            .order_by(Message.id)
+            .limit(size)
+        ).all()
+        if not batch:
+            return
+        # Rendered now: the progress commits in between would expire the objects.
+        rows = [m.to_dict() for m in batch]
+        last_id = batch[-1].id
+        yield from rows
 
 
 def mark_failed(task_id: str, reason: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from playwright.sync_api import expect
 
@@ -88,3 +89,38 @@ def test_phone_width_navbar_collapses_and_still_shows_the_badge(make_user, login
     toggler.click()
     expect(page.locator("#messages_link")).to_be_visible()
     page.screenshot(path=str(server.log_path.parent / "phone.png"))
+
+
+def test_export_progress_bar_moves_then_offers_the_download(make_user, login_page, server_env):
+    from tests.integration.test_workers import add_messages
+    from tests.servers import WorkerProcess
+
+    alice, bob = make_user("alice"), make_user("bob")
+    add_messages(server_env["DATABASE_URL"], alice.username, bob.username, 150)
+    log = Path(server_env["_TMP"]) / "worker.log"
+    worker = WorkerProcess({**server_env, "EXPORT_SLOWDOWN_SECONDS": "0.01"}, log)
+    worker.start()
+    try:
+        page = login_page(bob)
+        page.goto("/messages")
+        wait_for_stream(page)
+        page.click("#export_button")
+        page.wait_for_url("**/messages")
+        wait_for_stream(page)
+        bar = page.locator(".task .progress-bar").first
+        # Record every width the bar takes as the stream drives it.
+        bar.evaluate(
+            """el => { window.widths = [el.style.width];
+                new MutationObserver(() => window.widths.push(el.style.width))
+                  .observe(el, {attributes: true, attributeFilter: ["style"]}); }"""
+        )
+        link = page.locator(".task .task-download").first
+        expect(link).to_be_visible(timeout=30_000)
+        widths = set(page.evaluate("window.widths"))
+        assert len(widths - {"0%", "100%"}) >= 2, f"the bar moved through {sorted(widths)}"
+        expect(bar).to_have_attribute("style", "width: 100%;")
+        with page.expect_download() as download:
+            link.click()
+        assert download.value.suggested_filename == f"tidings-messages-{bob.username}.json"
+    finally:
+        worker.stop()
