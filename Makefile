@@ -4,7 +4,9 @@ PY := $(VENV)/bin/python
 EMBEDDED_REDIS_PORT ?= 6380
 PORT ?= 8000
 
-.PHONY: run test lint browser clean
+BENCH_VENV ?= .venv-bench
+
+.PHONY: run test lint browser bench bench-quick clean
 
 $(VENV)/.run-deps: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,9 +27,21 @@ test: $(VENV)/.dev-deps
 lint: $(VENV)/.dev-deps
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
+# The benchmark has its own environment: the app plus the Flask-SSE peer and matplotlib.
+$(BENCH_VENV)/.deps: requirements.txt bench/requirements.txt
+	test -x $(BENCH_VENV)/bin/python || python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q -r bench/requirements.txt
+	touch $@
+
+bench: $(BENCH_VENV)/.deps
+	$(BENCH_VENV)/bin/python -m bench.run
+
+bench-quick: $(BENCH_VENV)/.deps
+	$(BENCH_VENV)/bin/python -m bench.run --quick
+
 # Debian's Chromium for the e2e tests (needs root; CI runs it from .ci/run).
 browser:
 	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache

@@ -59,3 +59,14 @@ def post_worker_init(worker):
             gevent.spawn(state.hub.shutdown)
 
     signal.signal(signal.SIGTERM, handle_exit)
+
+    metrics_dir = os.environ.get("TIDINGS_METRICS_DIR")
+    if metrics_dir:
+        from app.metrics import counters
+
+        def dump_metrics():
+            while True:
+                counters.write(metrics_dir, worker.wsgi)
+                gevent.sleep(1.0)
+
+        gevent.spawn(dump_metrics)

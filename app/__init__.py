@@ -43,9 +43,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(messages.bp)
     app.register_blueprint(notifications.bp)
 
-    from app import cli
+    from app import cli, metrics
 
     cli.init_app(app)
+    metrics.init_app(app)
     _template_helpers(app)
     return app
 
