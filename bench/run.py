@@ -186,6 +186,32 @@ class Server:
         self.log.close()
 
 
+class CpuMeter:
+    """CPU time used by groups of processes between construction and ``cores_used``."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = groups
+        self.start = {name: self._cpu(pids) for name, pids in groups.items()}
+
+    @staticmethod
+    def _cpu(pids: list[int]) -> float:
+        total = 0.0
+        for pid in pids:
+            try:
+                t = psutil.Process(pid).cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def cores_used(self, elapsed: float) -> dict[str, float]:
+        """Cores' worth of CPU each group used over ``elapsed`` seconds."""
+        return {
+            name: round((self._cpu(pids) - self.start[name]) / elapsed, 2)
+            for name, pids in self.groups.items()
+        }
+
+
 class Load:
     """Load-client processes, each holding part of the streams."""
 
@@ -305,6 +331,14 @@ class Bench:
     ) -> dict:
         """Publish bench events to ``users`` channels so that deliveries/s = rate; measure at the streams."""
         load.take()
+        cpu = CpuMeter(
+            {
+                "app": self.server.worker_pids(),
+                "load clients": [p.pid for p in load.procs],
+                "redis": [self.redis.proc.pid],
+                "publisher": [os.getpid()],
+            }
+        )
         per_second = rate / tabs
         client = redis.Redis(port=self.redis.port)
         sent = 0
@@ -327,6 +361,7 @@ class Bench:
                 pipe.execute()
             time.sleep(max(0.0, start + (sent / per_second) - time.time()) if per_second else tick)
         elapsed = time.time() - start
+        cores = cpu.cores_used(elapsed)
         time.sleep(1.0)  # let the last ones arrive
         got = load.take()["latencies"]
         expected = sent * tabs
@@ -338,6 +373,7 @@ class Bench:
             "received": len(got),
             "lost": expected - len(got),
             "latency_ms": percentiles(got),
+            "cores_used": cores,
             "_samples": got,
         }
 
@@ -358,7 +394,7 @@ class Bench:
 
     def tidings(self) -> None:
         p, res = self.p, self.results["tidings"]
-        server = Server(
+        server = self.server = Server(
             "wsgi:app", self.env, int(os.environ.get("WEB_CONCURRENCY", "2")), self.tmp, "tidings"
         )
         load = Load(server.port, p["load_processes"])
@@ -508,7 +544,7 @@ class Bench:
         resp = percentiles(lat)
         # A notification waits on average half the interval for the next poll, at worst all of it.
         self.samples["Polling every 10 s (implied)"] = (
-            [(i % 1000) / 1000 * 10.0 + lat[i % len(lat)] for i in range(len(lat))] if lat else []
+            [(i + 0.5) / len(lat) * 10.0 + lat[i] for i in range(len(lat))] if lat else []
         )
         self.results["polling"] = {
             "clients": n,
@@ -563,7 +599,7 @@ class Bench:
     def flask_sse(self) -> None:
         """The peer on the same load: one set of streams, then the same publish runs and rate steps."""
         p, res = self.p, self.results["flask_sse"]
-        server = Server(
+        server = self.server = Server(
             "bench.peers.flask_sse_app:app",
             self.env,
             int(os.environ.get("WEB_CONCURRENCY", "2")),
@@ -577,6 +613,10 @@ class Bench:
             streams = p["peer_streams"]
             users = streams // 10
             r = load.open(self.specs(streams, users, peer=True))
+            # Its streams subscribe as the server works through the backlog: wait until they all have.
+            deadline = time.time() + 120
+            while self.redis.info()["connected_clients"] < r["opened"] and time.time() < deadline:
+                time.sleep(0.5)
             time.sleep(2)
             info = self.redis.info()
             res["levels"] = [

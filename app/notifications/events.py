@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 CHANNEL_PREFIX = "notifications:"
@@ -43,6 +43,8 @@ class Event:
     data: Any
     timestamp: float
     id: int | None = None
+    # The SSE frame, encoded once however many streams an event fans out to.
+    _frame: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def key(self) -> str:
@@ -62,9 +64,11 @@ class Event:
 
     def __str__(self) -> str:
         """The Server-Sent Events frame."""
-        head = f"id: {self.id}\n" if self.id is not None else ""
-        # to_json never emits a raw newline (json escapes them), so one data: line is exact.
-        return f"{head}event: {self.name}\ndata: {self.to_json()}\n\n"
+        if self._frame is None:
+            head = f"id: {self.id}\n" if self.id is not None else ""
+            # to_json never emits a raw newline (json escapes them), so one data: line is exact.
+            object.__setattr__(self, "_frame", f"{head}event: {self.name}\ndata: {self.to_json()}\n\n")
+        return self._frame
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Event:

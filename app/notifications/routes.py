@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterator
 
 import sqlalchemy as sa
@@ -93,20 +94,25 @@ def _frames(app: Flask, hub: Hub, user_id: int, session_id: str, cursor: int | N
     try:
         chunk = unseen.frames(_read_store(app, sub, cursor or 0))
         yield chunk or ": connected\n\n"
+        last_write = time.monotonic()
         while True:
-            woke = sub.wait(heartbeat)
+            woke = sub.wait(max(0.0, last_write + heartbeat - time.monotonic()))
             if sub.closed:
                 return
-            if not woke:
+            if woke:
+                events = sub.drain()
+                if sub.resync:
+                    sub.resync = False
+                    events = _read_store(app, sub, cursor or 0) + events
+                chunk = unseen.frames(events)
+                if chunk:
+                    yield chunk
+                    last_write = time.monotonic()
+                    continue
+            if time.monotonic() - last_write >= heartbeat:
+                # Also how a vanished client is noticed: this write fails and the stream ends.
                 yield ": keepalive\n\n"
-                continue
-            events = sub.drain()
-            if sub.resync:
-                sub.resync = False
-                events = _read_store(app, sub, cursor or 0) + events
-            chunk = unseen.frames(events)
-            if chunk:
-                yield chunk
+                last_write = time.monotonic()
     finally:
         hub.unsubscribe(sub)
 

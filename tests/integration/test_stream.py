@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 import redis
 
 from tests.helpers import SSE
@@ -187,3 +188,40 @@ def test_forty_streams_cost_at_most_one_redis_connection_per_worker(make_user, r
     assert all(count <= 2 for count in numsub.values()), "one subscription per worker, not per tab"
     for s in streams:
         s.close()
+
+
+def test_idle_streams_hold_no_database_connection(make_user):
+    # More streams than the PostgreSQL pool has connections (10 + 20 overflow per worker).
+    alice, bob = make_user("alice"), make_user("bob")
+    streams = []
+    for _ in range(70):
+        s = open_stream(bob)
+        s.next_block()
+        streams.append(s)
+    started = time.monotonic()
+    assert alice.send(bob.username, "still served").status_code == 302
+    assert time.monotonic() - started < 5, "the send did not wait for a pooled connection"
+    for s in streams:
+        assert s.next_event("unread_message_count").json["data"] == 1
+        s.close()
+
+
+@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
+def test_non_gevent_workers_are_refused_at_boot(server_env, worker_class, tmp_path):
+    import os
+    import subprocess
+
+    from tests.servers import BIN, ROOT, free_port
+
+    env = {**os.environ, **server_env, "PORT": str(free_port())}
+    proc = subprocess.run(
+        [BIN / "gunicorn", "-c", "gunicorn.conf.py", "-k", worker_class, "wsgi:app"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "Tidings needs gevent workers" in proc.stderr
+    assert "Worker failed to boot" in proc.stderr
