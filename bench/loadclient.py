@@ -31,6 +31,18 @@ def raise_nofile() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
+    """Read an HTTP response head; returns it and whatever body bytes came with it."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed during the response head")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    return head, rest
+
+
 class Stream:
     """One SSE connection."""
 
@@ -66,13 +78,8 @@ class Stream:
                 c.last_connect = self.connected_at
                 gevent.spawn(self.read, b"", True)
                 return True
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise ConnectionError("closed during headers")
-                buf += chunk
-            status = int(buf.split(b" ", 2)[1])
+            head, rest = read_head(sock)
+            status = int(head.split(b" ", 2)[1])
             if status != 200:
                 raise ConnectionError(f"status {status}")
             sock.settimeout(None)
@@ -81,7 +88,7 @@ class Stream:
             self.connected_at = time.time()
             c.opened += 1
             c.last_connect = self.connected_at
-            gevent.spawn(self.read, buf.split(b"\r\n\r\n", 1)[1])
+            gevent.spawn(self.read, rest)
             return True
         except OSError as exc:
             c.errors += 1
@@ -202,13 +209,7 @@ class Client:
                     sock.sendall(
                         f"GET {spec['path']} HTTP/1.1\r\nHost: x\r\nCookie: {spec['cookie']}\r\n\r\n".encode()
                     )
-                    buf = b""
-                    while b"\r\n\r\n" not in buf:
-                        chunk = sock.recv(65536)
-                        if not chunk:
-                            raise ConnectionError("closed")
-                        buf += chunk
-                    head, body = buf.split(b"\r\n\r\n", 1)
+                    head, body = read_head(sock)
                     length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
                     while len(body) < length:
                         body += sock.recv(65536)

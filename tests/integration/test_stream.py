@@ -225,3 +225,27 @@ def test_non_gevent_workers_are_refused_at_boot(server_env, worker_class, tmp_pa
     assert proc.returncode != 0
     assert "Tidings needs gevent workers" in proc.stderr
     assert "Worker failed to boot" in proc.stderr
+
+
+def test_a_vanished_client_releases_its_subscription(make_user, redis_url, server_env):
+    import sqlalchemy as sa
+
+    from tests.servers import wait_until
+
+    r = redis.Redis.from_url(redis_url)
+    bob = make_user("bob")
+    engine = sa.create_engine(server_env["DATABASE_URL"])
+    with engine.connect() as conn:
+        uid = conn.execute(sa.text('SELECT id FROM "user" WHERE username = :u'), {"u": bob.username}).scalar()
+    engine.dispose()
+    channel = f"notifications:{uid}"
+
+    def subscribers() -> int:
+        return dict(r.pubsub_numsub(channel))[channel.encode()]
+
+    s = open_stream(bob)
+    s.next_block()
+    assert subscribers() == 1
+    s.sock.close()  # the tab vanishes without a goodbye
+    # The next heartbeat write fails (SSE_HEARTBEAT_SECONDS=1), the stream ends, the hub unsubscribes.
+    wait_until(lambda: subscribers() == 0, 5, "the hub to release the vanished stream")

@@ -168,3 +168,28 @@ def test_progress_is_published_on_whole_percent_changes_only(app, people, fake_r
     progress = [e["data"]["progress"] for e in drain(watch)]
     assert progress[:100] == list(range(0, 100)), "0..99, each whole percent once"
     assert progress[100:] == [0], "the throttled reporter published once in its interval"
+
+
+def test_an_abandoned_job_fails_its_task_when_rq_notices(app, people):
+    # RQ's registry cleanup calls the job's failure callback with AbandonedJobError
+    # when the whole worker died mid-job.
+    from rq.exceptions import AbandonedJobError
+
+    from workers.jobs import on_job_failure
+
+    with app.app_context():
+        db.session.add(
+            Task(
+                id="t-lost", name="export_messages", description="x", user_id=people["bob"], status="running"
+            )
+        )
+        db.session.commit()
+
+    class Job:
+        id = "t-lost"
+
+    with app.app_context():
+        on_job_failure(Job(), None, AbandonedJobError, AbandonedJobError(), None)
+        db.session.remove()
+        task = db.session.get(Task, "t-lost")
+        assert task.status == "failed" and task.error == "AbandonedJobError"
