@@ -342,16 +342,19 @@ class Bench:
         return got
 
     def rate_steps(self, load: Load, users: int, tabs: int, peer: bool) -> dict:
+        """Rising rates until one fails twice (a lone spike on a shared machine gets a second try)."""
         steps, best = [], 0
         for rate in self.p["rate_steps"]:
-            r = self.publish_run(load, users, tabs, rate, self.p["duration"], peer)
-            r.pop("_samples")
-            steps.append(r)
-            ok = r["lost"] == 0 and r["latency_ms"].get("p99", 1e9) <= 100
-            if ok:
-                best = max(best, r["achieved_deliveries_per_s"])
-            else:
+            for _attempt in range(2):
+                r = self.publish_run(load, users, tabs, rate, self.p["duration"], peer)
+                r.pop("_samples")
+                steps.append(r)
+                ok = r["lost"] == 0 and r["latency_ms"].get("p99", 1e9) <= 100
+                if ok:
+                    break
+            if not ok:
                 break
+            best = max(best, r["achieved_deliveries_per_s"])
         return {"steps": steps, "max_sustained_deliveries_per_s": best}
 
     # -- Tidings -------------------------------------------------------------------
