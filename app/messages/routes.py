@@ -1,4 +1,4 @@
-"""``/send_message/<recipient>`` and ``/messages``."""
+"""``/send_message/<recipient>``, the inbox ``/messages`` and the message export."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from app.extensions import db
 from app.messages import bp
 from app.messages.forms import ExportForm, MessageForm
 from app.models import Message, Task, User, utcnow
-from app.notifications.store import notify, store
+from app.notifications.store import lock_user, notify, store
 from app.paging import paginate
 from app.tasks import TaskAlreadyRunning, TaskNotStarted, export_path, launch_task
 
@@ -35,6 +35,7 @@ def send_message(recipient: str):
         return redirect(url_for("main.user", username=recipient))
     form = MessageForm()
     if form.validate_on_submit():
+        lock_user(user.id)  # concurrent sends to one user then count each other's messages
         msg = Message(sender_id=current_user.id, recipient_id=user.id, body=form.message.data)
         db.session.add(msg)
         db.session.flush()

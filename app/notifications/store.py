@@ -25,6 +25,14 @@ log = logging.getLogger(__name__)
 _PENDING = "tidings.pending_events"
 
 
+def lock_user(user_id: int) -> None:
+    """Serialise this user's notifications (PostgreSQL row lock; SQLite serialises writers anyway).
+
+    Take it before computing what to store, so a count reflects every committed message.
+    """
+    db.session.execute(sa.select(User.id).where(User.id == user_id).with_for_update())
+
+
 def store(user: User, name: str, data: Any) -> Event:
     """Add ``user``'s notification ``name`` to the session; it is published after commit.
 
@@ -33,7 +41,7 @@ def store(user: User, name: str, data: Any) -> Event:
     """
     payload = json.dumps(data, allow_nan=False)
     key = coalesce_key(name, data)
-    db.session.execute(sa.select(User.id).where(User.id == user.id).with_for_update())
+    lock_user(user.id)
     db.session.execute(
         sa.delete(Notification).where(Notification.user_id == user.id, Notification.key == key)
     )
