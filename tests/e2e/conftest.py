@@ -44,16 +44,19 @@ def login_page(browser, server):  # noqa: F811
     """Open a fresh browser context logged in as a user."""
     contexts = []
 
-    def open_as(user):
+    def open_as(user, init_script: str | None = None, stream: bool = True):
         context = browser.new_context(base_url=server.url)
         contexts.append(context)
+        if init_script:
+            context.add_init_script(init_script)
         page = context.new_page()
         page.goto("/auth/login")
         page.fill("#username", user.username)
         page.fill("#password", user.password)
         page.click("#submit")
         page.wait_for_url(server.url + "/")
-        wait_for_stream(page)
+        if stream:
+            wait_for_stream(page)
         return page
 
     yield open_as

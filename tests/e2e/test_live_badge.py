@@ -126,18 +126,10 @@ def test_export_progress_bar_moves_then_offers_the_download(make_user, login_pag
         worker.stop()
 
 
-def test_without_eventsource_the_page_falls_back_to_polling(make_user, browser, server):
+def test_without_eventsource_the_page_falls_back_to_polling(make_user, login_page):
     alice, bob = make_user("alice"), make_user("bob")
-    context = browser.new_context(base_url=server.url)
-    context.add_init_script("delete window.EventSource;")
-    page = context.new_page()
-    page.goto("/auth/login")
-    page.fill("#username", bob.username)
-    page.fill("#password", bob.password)
-    page.click("#submit")
-    page.wait_for_url(server.url + "/")
+    page = login_page(bob, init_script="delete window.EventSource;", stream=False)
     alice.send(bob.username, "polled")
     # Polls come every 10 s.
     expect(page.locator("#message_count")).to_have_text("1", timeout=15_000)
     assert page.get_attribute("body", "data-stream-state") is None, "no EventSource was opened"
-    context.close()

@@ -27,6 +27,15 @@ def people(auth, app):
     return ids
 
 
+def running_task(app, user_id: int, task_id: str, **fields) -> None:
+    """A task the worker is running (as if started earlier)."""
+    with app.app_context():
+        task = Task(id=task_id, name="export_messages", description="x", user_id=user_id, **fields)
+        task.status = "running"
+        db.session.add(task)
+        db.session.commit()
+
+
 def progress_events(fake_redis, user_id):
     pubsub = fake_redis.pubsub()
     pubsub.subscribe(f"notifications:{user_id}")
@@ -75,17 +84,7 @@ def test_export_writes_every_message_and_reports_progress_to_100(client, auth, p
 
 
 def test_one_export_at_a_time(client, auth, people, app, fake_redis):
-    with app.app_context():
-        db.session.add(
-            Task(
-                id="t-running",
-                name="export_messages",
-                description="x",
-                user_id=people["bob"],
-                status="running",
-            )
-        )
-        db.session.commit()
+    running_task(app, people["bob"], "t-running")
     auth.login("bob")
     r = client.post("/export_messages")
     assert r.status_code == 302
@@ -128,18 +127,7 @@ def test_a_failing_export_marks_the_task_failed_and_says_so(client, auth, people
 
 
 def test_a_dead_work_horse_fails_the_task(app, people):
-    with app.app_context():
-        db.session.add(
-            Task(
-                id="t-dead",
-                name="export_messages",
-                description="x",
-                user_id=people["bob"],
-                status="running",
-                progress=40,
-            )
-        )
-        db.session.commit()
+    running_task(app, people["bob"], "t-dead", progress=40)
 
     class Job:
         id = "t-dead"
@@ -153,12 +141,9 @@ def test_a_dead_work_horse_fails_the_task(app, people):
 
 def test_progress_is_published_on_whole_percent_changes_only(app, people, fake_redis):
     watch = progress_events(fake_redis, people["bob"])
+    running_task(app, people["bob"], "t-p")
     with app.app_context():
-        task = Task(
-            id="t-p", name="export_messages", description="x", user_id=people["bob"], status="running"
-        )
-        db.session.add(task)
-        db.session.commit()
+        task = db.session.get(Task, "t-p")
         reporter = ProgressReporter(task, min_interval=0)
         for done in range(1, 1001):
             reporter.update(done, 1000)
@@ -177,13 +162,7 @@ def test_an_abandoned_job_fails_its_task_when_rq_notices(app, people):
 
     from workers.jobs import on_job_failure
 
-    with app.app_context():
-        db.session.add(
-            Task(
-                id="t-lost", name="export_messages", description="x", user_id=people["bob"], status="running"
-            )
-        )
-        db.session.commit()
+    running_task(app, people["bob"], "t-lost")
 
     class Job:
         id = "t-lost"
