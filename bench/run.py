@@ -39,9 +39,9 @@ QUICK = {
     "rate_streams": 1000,  # the peer is measured at peer_streams, with the same publish loads
     "duration": 3.0,
     "idle_seconds": 5.0,
-    "hold": (2000, 3.0),
+    "hold": (2000, 2.0),
     "polling_clients": 500,
-    "polling_seconds": 10.0,
+    "polling_seconds": 8.0,
     "peer_streams": 1000,
     "load_processes": 2,
 }
@@ -238,6 +238,7 @@ class Bench:
         self.out = out
         self.tmp = Path(tempfile.mkdtemp(prefix="tidings-bench-"))
         self.results: dict = {
+            "floor": {},
             "mode": "quick" if quick else "full",
             "machine": machine(),
             "tidings": {},
@@ -615,6 +616,33 @@ class Bench:
             load.exit()
             server.stop()
 
+    def floor(self) -> None:
+        """RSS per idle stream of a bare WSGI generator under the same gunicorn: the server's own cost."""
+        streams = self.p["peer_streams"]
+        server = Server(
+            "bench.peers.minimal_app:app",
+            self.env,
+            int(os.environ.get("WEB_CONCURRENCY", "2")),
+            self.tmp,
+            "floor",
+        )
+        load = Load(server.port, self.p["load_processes"])
+        load.same({"cmd": "config", "reconnect": False})
+        try:
+            base = server.rss()
+            r = load.open(self.specs(streams, max(1, streams // 10)))
+            time.sleep(2)
+            self.results["floor"] = {
+                "streams": streams,
+                "opened": r["opened"],
+                "app_rss_per_stream_kb": round((server.rss() - base) / max(1, r["opened"]) / 1024, 2),
+            }
+            print("floor", self.results["floor"], flush=True)
+        finally:
+            load.close()
+            load.exit()
+            server.stop()
+
     # -- output --------------------------------------------------------------------
 
     def write(self) -> None:
@@ -733,6 +761,14 @@ def markdown(r: dict) -> str:
                 f"{lv['app_rss_per_stream_kb']} | {lv['redis_used_memory_per_stream_b']} | "
                 f"{lv['redis_connected_clients']} |"
             )
+    if r.get("floor"):
+        f = r["floor"]
+        lines += [
+            "",
+            "Floor: a bare WSGI generator under the same gunicorn settings costs "
+            f"{f['app_rss_per_stream_kb']} KB per idle stream ({f['opened']} streams): "
+            "gunicorn's gevent worker alone.",
+        ]
     if "held" in t:
         h = t["held"]
         lines += [
@@ -848,6 +884,7 @@ def main() -> None:
     try:
         bench.tidings()
         bench.flask_sse()
+        bench.floor()
     finally:
         bench.results["seconds"] = round(time.time() - started, 1)
         bench.write()
