@@ -56,11 +56,11 @@ class Subscription:
 
     MAX_PENDING = 64
 
-    __slots__ = ("user_id", "session", "resync", "closed", "_mailbox", "_wakeup")
+    __slots__ = ("user_id", "session_tag", "resync", "closed", "_mailbox", "_wakeup")
 
     def __init__(self, user_id: int, session: str | None) -> None:
         self.user_id = user_id
-        self.session = session
+        self.session_tag = session_tag(session) if session else None
         self.resync = False
         self.closed = False
         self._mailbox: dict[str, Event] = {}
@@ -200,7 +200,7 @@ class Hub:
         """Close the streams of one login (``session_tag``); returns how many."""
         closed = 0
         for sub in list(self._subs.get(user_id, ())):
-            if sub.session is not None and session_tag(sub.session) == tag:
+            if sub.session_tag == tag:
                 sub.close()
                 closed += 1
         return closed
@@ -238,7 +238,9 @@ class Hub:
                 conn.send_command(*args, check_health=False)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 log.warning("hub could not send %s: %s", args[0], exc)
+                # Closing it fails the listener's read: it reconnects and subscribes everything wanted.
                 self._conn = None
+                conn.disconnect()
 
     def _ping(self) -> None:
         while not self._stopping:

@@ -183,3 +183,20 @@ def test_wait_wakes_on_offer_and_times_out_otherwise():
     assert sub.wait(0.01) is False
     gevent.spawn_later(0.01, sub.offer, ev(1))
     assert sub.wait(5) is True and sub.drain() == [ev(1)]
+
+
+def test_a_failed_send_makes_the_listener_reconnect_and_resubscribe(hub, conns):
+    hub.subscribe(1)
+    broken = conns[0]
+
+    def refuse(*args, check_health=True):
+        raise redis.ConnectionError("broken pipe")
+
+    broken.send_command = refuse
+    broken.disconnect = lambda: broken.replies.put(redis.ConnectionError("closed"))
+    sub2 = hub.subscribe(2)  # its SUBSCRIBE fails on the broken connection
+    while len(conns) < 2 or "notifications:2" not in hub._subscribed:
+        gevent.sleep(0.01)
+    assert conns[1].commands("SUBSCRIBE") == [("SUBSCRIBE", "notifications:1", "notifications:2")]
+    publish(conns[1], 2, ev(4))
+    assert sub2.drain() == [ev(4)]
