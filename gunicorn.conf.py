@@ -13,8 +13,9 @@ port = os.environ.get("PORT", "8000")
 bind = [os.environ.get("BIND") or f"127.0.0.1:{port}"]
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gevent"
-# Each open stream is one greenlet and one socket; this caps them per worker.
-worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "25000"))
+# Concurrent requests per worker. Open streams are not among them: once its replay is written
+# a stream is a socket the worker writes to, with no greenlet (app/notifications/live.py).
+worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "1000"))
 preload_app = False
 # The arbiter's liveness timeout: gevent workers report every second, streams or not.
 timeout = 30
@@ -49,11 +50,26 @@ def post_worker_init(worker):
         )
         sys.exit(3)  # gunicorn's boot-error code: the arbiter stops instead of respawning
 
+    # /stream's response takes its socket over and returns gunicorn's ALREADY_HANDLED (see
+    # app/notifications/routes.py). gunicorn's hook for that sentinel is meant to be overridden
+    # by workers that must then leave the connection alone: end the keep-alive loop at once
+    # instead of reading a next request from a socket that now belongs to the stream.
+    already_handled = worker.is_already_handled
+
+    def is_already_handled(respiter):
+        if already_handled(respiter):
+            raise StopIteration("handed over to a notification stream")
+        return False
+
+    worker.is_already_handled = is_already_handled
+    state = getattr(worker.wsgi, "extensions", {}).get("tidings.realtime")
+    if state is not None:
+        state.handover = True
+
     stop_accepting = worker.handle_exit
 
     def handle_exit(sig, frame):
         stop_accepting(sig, frame)
-        state = worker.wsgi.extensions.get("tidings.realtime")
         if state is not None and state.hub_started:
             # Outside the signal handler, like gunicorn's own handle_quit.
             gevent.spawn(state.hub.shutdown)

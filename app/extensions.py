@@ -67,6 +67,11 @@ class Realtime:
         """This process's notification hub (one pub/sub connection)."""
         return self.state().hub
 
+    @property
+    def streams(self):
+        """This process's open streams (see ``app.notifications.live``)."""
+        return self.state().streams
+
 
 class _RealtimeState:
     def __init__(self, app: Flask) -> None:
@@ -74,10 +79,13 @@ class _RealtimeState:
         self._pid = os.getpid()
         self._redis: redis.Redis | None = None
         self._hub = None
+        self._streams = None
+        # Set by gunicorn.conf.py in each worker: a /stream response may take its socket over.
+        self.handover = False
 
     def _forked(self) -> None:
         if self._pid != os.getpid():
-            self._pid, self._redis, self._hub = os.getpid(), None, None
+            self._pid, self._redis, self._hub, self._streams = os.getpid(), None, None, None
 
     @property
     def redis(self) -> redis.Redis:
@@ -106,6 +114,15 @@ class _RealtimeState:
 
             self._hub = Hub.for_app(self.app)
         return self._hub
+
+    @property
+    def streams(self):
+        self._forked()
+        if self._streams is None:
+            from app.notifications.live import Streams
+
+            self._streams = Streams.for_app(self.app, self.hub)
+        return self._streams
 
     @property
     def hub_started(self) -> bool:

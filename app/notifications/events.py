@@ -44,7 +44,7 @@ class Event:
     timestamp: float
     id: int | None = None
     # The SSE frame, encoded once however many streams an event fans out to.
-    _frame: str | None = field(default=None, init=False, repr=False, compare=False)
+    _wire: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def key(self) -> str:
@@ -62,13 +62,19 @@ class Event:
             del body["id"]
         return json.dumps(body, allow_nan=False)
 
-    def __str__(self) -> str:
-        """The Server-Sent Events frame."""
-        if self._frame is None:
+    @property
+    def wire(self) -> bytes:
+        """The Server-Sent Events frame as UTF-8 bytes, built on first use and then shared."""
+        if self._wire is None:
             head = f"id: {self.id}\n" if self.id is not None else ""
             # to_json never emits a raw newline (json escapes them), so one data: line is exact.
-            object.__setattr__(self, "_frame", f"{head}event: {self.name}\ndata: {self.to_json()}\n\n")
-        return self._frame
+            frame = f"{head}event: {self.name}\ndata: {self.to_json()}\n\n"
+            object.__setattr__(self, "_wire", frame.encode())
+        return self._wire
+
+    def __str__(self) -> str:
+        """The Server-Sent Events frame."""
+        return self.wire.decode()
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Event:

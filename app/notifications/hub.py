@@ -3,8 +3,8 @@
 Each gunicorn gevent worker has one ``Hub``. It subscribes to ``notifications:<id>`` only
 while that user has an open stream in this worker (reference-counted), reads the
 connection in one listener greenlet and offers every message to the streams' mailboxes.
-A mailbox never blocks the listener: it keeps the latest event per key, and when a slow
-stream lets too many distinct keys pile up it is emptied and the stream re-reads the store.
+Offering never blocks the listener: an open stream writes to its socket without waiting
+(see ``live.py``), and a stream still being opened keeps the latest event per key.
 When Redis goes away the listener reconnects with capped exponential backoff,
 re-subscribes, and asks every stream to re-read the store, so nothing stored is lost.
 """
@@ -52,11 +52,16 @@ def session_tag(session_id: str) -> str:
 
 
 class Subscription:
-    """One open stream's mailbox, filled by the listener and drained by the stream."""
+    """One stream as the hub sees it: whose it is, and where its events go.
+
+    While the stream is being opened (the store is read, the replay written) events wait
+    in a mailbox that keeps the latest per key; once a ``sink`` is attached they go
+    straight to it. A sink has ``send_event(event)``, ``resync()`` and ``close()``.
+    """
 
     MAX_PENDING = 64
 
-    __slots__ = ("user_id", "session_tag", "resync", "closed", "_mailbox", "_wakeup")
+    __slots__ = ("user_id", "session_tag", "resync", "closed", "_mailbox", "_sink")
 
     def __init__(self, user_id: int, session: str | None) -> None:
         self.user_id = user_id
@@ -64,10 +69,13 @@ class Subscription:
         self.resync = False
         self.closed = False
         self._mailbox: dict[str, Event] = {}
-        self._wakeup = gevent.event.Event()
+        self._sink: Any = None
 
     def offer(self, event: Event) -> None:
-        """Queue ``event``, replacing a pending one with the same key; never blocks."""
+        """Deliver ``event`` or queue it, replacing a pending one with the same key; never blocks."""
+        if self._sink is not None:
+            self._sink.send_event(event)
+            return
         key = event.key if event.id is not None else "ephemeral:" + event.name
         self._mailbox.pop(key, None)
         self._mailbox[key] = event
@@ -75,28 +83,30 @@ class Subscription:
             # Too far behind: forget the backlog, the store holds what matters.
             self._mailbox.clear()
             self.resync = True
-        self._wakeup.set()
 
     def request_resync(self) -> None:
         """Ask the stream to re-read the store (after a reconnect)."""
-        self.resync = True
-        self._wakeup.set()
+        if self._sink is not None:
+            self._sink.resync()
+        else:
+            self.resync = True
 
     def close(self) -> None:
-        """End the stream at its next wake-up."""
+        """End the stream (now, or as soon as it is attached)."""
         self.closed = True
-        self._wakeup.set()
-
-    def wait(self, timeout: float) -> bool:
-        """Wait until something is offered or ``timeout`` passes; False on timeout."""
-        woke = self._wakeup.wait(timeout)
-        self._wakeup.clear()
-        return bool(woke)
+        if self._sink is not None:
+            self._sink.close()
 
     def drain(self) -> list[Event]:
         """Take everything pending, oldest first."""
         events = list(self._mailbox.values())
         self._mailbox.clear()
+        return events
+
+    def attach(self, sink: Any) -> list[Event]:
+        """Send future events to ``sink``; returns those that waited meanwhile."""
+        events = self.drain()
+        self._sink = sink
         return events
 
     @property

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from collections.abc import Iterator
 
 import sqlalchemy as sa
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Response, current_app, jsonify, request
 from flask_login import current_user
+from gunicorn.workers.base_async import ALREADY_HANDLED
 
 from app.auth.sessions import login_session_id
 from app.errors import json_error
 from app.extensions import db, realtime
 from app.models import Notification
 from app.notifications import bp
-from app.notifications.events import Event
-from app.notifications.hub import GeventRequired, Subscription
+from app.notifications.hub import GeventRequired
+from app.notifications.live import Unseen
 from app.notifications.store import stored_events
 
 log = logging.getLogger(__name__)
@@ -66,82 +65,64 @@ def stream():
     except ValueError:
         return json_error(400, "the event id to resume from must be a non-negative integer")
     try:
-        hub = realtime.hub
+        _require_handover()
     except GeventRequired as exc:
         log.critical("%s", exc)
         return json_error(503, str(exc))
-    user_id = current_user.id
-    # Subscribe before reading the store: whatever commits after the read is then live.
-    sub = hub.subscribe(user_id, login_session_id())
-    try:
-        backlog = stored_events(user_id, cursor or 0)
-    except Exception:
-        hub.unsubscribe(sub)
-        raise
-    response = Response(
-        _frames(current_app._get_current_object(), sub, cursor or 0, backlog),
-        content_type="text/event-stream; charset=utf-8",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-    # The server closes the response however the stream ends, even before it began.
-    response.call_on_close(lambda: hub.unsubscribe(sub))
-    return response
+    if request.method == "HEAD":
+        return Response(content_type=StreamHandover.CONTENT_TYPE, headers=StreamHandover.HEADERS)
+    return StreamHandover(current_user.id, login_session_id(), cursor or 0)
 
 
-def _frames(app: Flask, sub: Subscription, cursor: int, backlog: list[Event]) -> Iterator[str]:
-    """The body of one stream. Runs after the request context is gone, holding no DB session."""
-    heartbeat = app.config["SSE_HEARTBEAT_SECONDS"]
-    yield f"retry: {app.config['SSE_RETRY_MS']}\n\n"
-    unseen = _Unseen(cursor)
-    yield unseen.frames(backlog) or ": connected\n\n"
-    last_write = time.monotonic()
-    while True:
-        woke = sub.wait(max(0.0, last_write + heartbeat - time.monotonic()))
-        if sub.closed:
-            return
-        if woke:
-            events = sub.drain()
-            if sub.resync:
-                sub.resync = False
-                events = _read_store(app, sub, cursor) + events
-            chunk = unseen.frames(events)
-            if chunk:
-                yield chunk
-                last_write = time.monotonic()
-                continue
-        if time.monotonic() - last_write >= heartbeat:
-            # Also how a vanished client is noticed: this write fails and the stream ends.
-            yield ": keepalive\n\n"
-            last_write = time.monotonic()
+def _require_handover() -> None:
+    """Streams need gevent, and gunicorn.conf.py's hook that lets a response keep its socket."""
+    realtime.hub  # noqa: B018 - raises GeventRequired in a process gevent has not patched
+    if not realtime.state().handover or "gunicorn.socket" not in request.environ:
+        raise GeventRequired(
+            "/stream needs gunicorn started with the project's settings: "
+            "`gunicorn -c gunicorn.conf.py wsgi:app` (or `make run`)."
+        )
 
 
-def _read_store(app: Flask, sub: Subscription, since_id: int) -> list[Event]:
-    with app.app_context():
-        return stored_events(sub.user_id, since_id)
+class StreamHandover(Response):
+    """The /stream response: rather than give gunicorn a body, it takes the socket over.
 
-
-class _Unseen:
-    """Filters one connection's events so that no stored id is sent twice or below the cursor.
-
-    Per key it remembers the newest id sent; the store keeps one row per key and ids only
-    grow, so an event is new exactly when its id beats both the cursor and that memory.
+    The server calls a response once Flask is done with it (after_request handlers ran,
+    headers are final) and while the request context still stands. This one then subscribes
+    to the user's channel, reads the store (subscribing first: whatever commits after the
+    read is live), writes the head, ``retry:`` and the replay itself, hands the socket to this
+    worker's ``Streams`` and returns gunicorn's ``ALREADY_HANDLED``, which gunicorn.conf.py's
+    hook turns into "leave this connection alone". The request context, its database session
+    and the greenlet then end as for any request.
     """
 
-    __slots__ = ("floor", "sent")
+    CONTENT_TYPE = "text/event-stream; charset=utf-8"
+    HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    # Hop-by-hop or length headers this response must not carry: its body ends when it closes.
+    _DROPPED = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 
-    def __init__(self, floor: int) -> None:
-        self.floor = floor
-        self.sent: dict[str, int] = {}
+    def __init__(self, user_id: int, login: str | None, cursor: int) -> None:
+        super().__init__(content_type=self.CONTENT_TYPE, headers=self.HEADERS)
+        self.user_id, self.login, self.cursor = user_id, login, cursor
 
-    def admit(self, event: Event) -> bool:
-        """Whether ``event`` should be sent now (and remember it if so)."""
-        if event.id is None:
-            return True
-        if event.id <= self.floor or event.id <= self.sent.get(event.key, 0):
-            return False
-        self.sent[event.key] = event.id
-        return True
+    def __call__(self, environ, start_response):
+        streams = realtime.streams
+        sub = streams.hub.subscribe(self.user_id, self.login)
+        try:
+            backlog = stored_events(self.user_id, self.cursor)
+        except Exception:
+            streams.hub.unsubscribe(sub)
+            log.exception("could not read the notification store for a stream")
+            return json_error(503, "notifications are unavailable for a moment")(environ, start_response)
+        unseen = Unseen(self.cursor)
+        retry = f"retry: {current_app.config['SSE_RETRY_MS']}\n\n".encode()
+        body = retry + (unseen.frames(backlog) or b": connected\n\n")
+        fd = environ["gunicorn.socket"].detach()
+        streams.adopt(sub, fd, unseen, self._head() + body)
+        return ALREADY_HANDLED
 
-    def frames(self, events: list[Event]) -> str:
-        """The SSE frames of the events that are new, concatenated."""
-        return "".join(str(e) for e in events if self.admit(e))
+    def _head(self) -> bytes:
+        lines = [f"HTTP/1.1 {self.status}"]
+        lines += [f"{k}: {v}" for k, v in self.headers.items() if k.lower() not in self._DROPPED]
+        lines.append("Connection: close")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from app.notifications.events import Event, channel_for, coalesce_key, user_id_from_channel
-from app.notifications.routes import _Unseen
+from app.notifications.live import Unseen
 
 
 def test_sse_frame_is_exactly_the_contract():
@@ -70,10 +70,10 @@ def test_channels_and_keys():
 
 
 def test_unseen_sends_each_id_once_and_nothing_below_the_cursor():
-    unseen = _Unseen(floor=5)
+    unseen = Unseen(floor=5)
     e = lambda i, name="n": Event(name=name, data=i, timestamp=1.0, id=i)  # noqa: E731
-    assert unseen.frames([e(4), e(6)]) == str(e(6))
-    assert unseen.frames([e(6)]) == "", "replayed then live: not twice"
-    assert unseen.frames([e(7, "other"), e(6)]) == str(e(7, "other"))
+    assert unseen.frames([e(4), e(6)]) == e(6).wire
+    assert unseen.frames([e(6)]) == b"", "replayed then live: not twice"
+    assert unseen.frames([e(7, "other"), e(6)]) == e(7, "other").wire
     ephemeral = Event(name="announcement", data="hi", timestamp=1.0)
-    assert unseen.frames([ephemeral, ephemeral]) == str(ephemeral) * 2
+    assert unseen.frames([ephemeral, ephemeral]) == ephemeral.wire * 2

@@ -178,11 +178,32 @@ def test_shutdown_closes_every_stream(hub):
     assert all(s.closed for s in subs)
 
 
-def test_wait_wakes_on_offer_and_times_out_otherwise():
+class RecordingSink:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.resyncs = 0
+        self.closed = False
+
+    def send_event(self, event: Event) -> None:
+        self.events.append(event)
+
+    def resync(self) -> None:
+        self.resyncs += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_attach_hands_over_what_waited_then_forwards_everything_directly():
     sub = Subscription(1, None)
-    assert sub.wait(0.01) is False
-    gevent.spawn_later(0.01, sub.offer, ev(1))
-    assert sub.wait(5) is True and sub.drain() == [ev(1)]
+    sub.offer(ev(1))
+    sub.offer(ev(2))
+    sink = RecordingSink()
+    assert sub.attach(sink) == [ev(2)], "while opening, the latest per key waits"
+    sub.offer(ev(3))
+    sub.request_resync()
+    sub.close()
+    assert sink.events == [ev(3)] and sink.resyncs == 1 and sink.closed
 
 
 def test_a_failed_send_makes_the_listener_reconnect_and_resubscribe(hub, conns):

@@ -1,0 +1,323 @@
+"""Open streams after their handshake: sockets written to directly, with no greenlet each.
+
+``/stream`` is served by Flask like any other request until the store has been read. Its
+response then takes the socket over (``routes.StreamHandover``): it writes the response head,
+``retry:`` and the replay itself and hands the socket to this process's ``Streams``. From
+then on an event costs one non-blocking ``send`` per tab, made by the hub's listener as it
+reads the event from Redis, and an idle stream costs a socket, two small objects and a read
+watcher that notices the browser going away. No greenlet, request context or database
+connection stays behind.
+
+A socket that cannot take a frame at once (its kernel buffer is full) keeps the rest in a
+queue flushed when it becomes writable. A client that falls further behind than
+``max_queued`` bytes more is disconnected: its browser reconnects with the ``Last-Event-ID``
+of the last whole event it got and the store replays the rest, exactly once.
+"""
+
+from __future__ import annotations
+
+import _socket
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+
+import gevent
+import gevent.event
+import gevent.pool
+
+from app.notifications.events import Event
+from app.notifications.hub import Hub, Subscription
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE = b": keepalive\n\n"
+_READ, _WRITE = 1, 2  # libev/libuv event masks
+
+
+class Unseen:
+    """Filters one connection's events so that no stored id is sent twice or below the cursor.
+
+    Per key it remembers the newest id sent; the store keeps one row per key and ids only
+    grow, so an event is new exactly when its id beats both the cursor and that memory.
+    """
+
+    __slots__ = ("floor", "sent")
+
+    def __init__(self, floor: int) -> None:
+        self.floor = floor
+        self.sent: dict[str, int] = {}
+
+    def admit(self, event: Event) -> bool:
+        """Whether ``event`` should be sent now (and remember it if so)."""
+        if event.id is None:
+            return True
+        if event.id <= self.floor or event.id <= self.sent.get(event.key, 0):
+            return False
+        self.sent[event.key] = event.id
+        return True
+
+    def frames(self, events: Iterable[Event]) -> bytes:
+        """The SSE frames of the events that are new, concatenated."""
+        return b"".join(e.wire for e in events if self.admit(e))
+
+
+class LiveStream:
+    """One open stream: a non-blocking socket, a read watcher and, while behind, a write queue.
+
+    Its methods run in whichever greenlet delivers (or in the event loop's own callbacks),
+    so none of them ever waits.
+    """
+
+    __slots__ = (
+        "sub",
+        "unseen",
+        "last_write",
+        "closed",
+        "_streams",
+        "_sock",
+        "_reader",
+        "_writer",
+        "_queue",
+        "_queued",
+    )
+
+    def __init__(self, streams: Streams, sub: Subscription, fd: int, unseen: Unseen) -> None:
+        self.sub = sub
+        self.unseen = unseen
+        self.last_write = time.monotonic()
+        self.closed = False
+        self._streams = streams
+        self._sock = _socket.socket(fileno=fd)
+        self._sock.setblocking(False)
+        self._reader = streams.loop.io(fd, _READ)
+        self._reader.start(self._on_readable)
+        self._writer = None
+        self._queue: deque | None = None
+        self._queued = 0
+
+    # -- what the hub and the registry call ----------------------------------------
+
+    def send_event(self, event: Event) -> None:
+        """Write ``event`` unless this connection has already seen it."""
+        if self.unseen.admit(event):
+            self.write(event.wire)
+
+    def send_events(self, events: Iterable[Event]) -> None:
+        """Write the events this connection has not seen, in one send."""
+        data = self.unseen.frames(events)
+        if data:
+            self.write(data)
+
+    def resync(self) -> None:
+        """Re-read the store (soon, from another greenlet) and send what is new."""
+        self._streams.resync(self)
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` now, or queue what the socket does not take yet."""
+        if self.closed:
+            return
+        if self._queue is None:
+            try:
+                sent = self._sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.close()
+                return
+            if sent < len(data):
+                self._enqueue(memoryview(data)[sent:])
+        else:
+            self._enqueue(data)
+        if not self.closed:
+            self.last_write = time.monotonic()
+            self._streams.written(self)
+
+    def close(self) -> None:
+        """Close the socket and let the registry release the subscription; idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        self.sub.closed = True
+        for watcher in (self._reader, self._writer):
+            if watcher is not None:
+                watcher.stop()
+                watcher.close()
+        self._reader = self._writer = self._queue = None
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        self._streams.release(self)
+
+    # -- the event loop's callbacks --------------------------------------------------
+
+    def _enqueue(self, data: bytes | memoryview) -> None:
+        if self._queue is None:
+            self._queue = deque()
+            self._writer = self._streams.loop.io(self._sock.fileno(), _WRITE)
+            self._writer.start(self._flush)
+        elif self._queued + len(data) > self._streams.max_queued:
+            log.info("user %s's stream fell %d bytes behind; closing it", self.sub.user_id, self._queued)
+            self.close()
+            return
+        self._queue.append(data)
+        self._queued += len(data)
+
+    def _flush(self) -> None:
+        queue = self._queue
+        try:
+            while queue:
+                item = queue[0]
+                sent = self._sock.send(item)
+                self._queued -= sent
+                if sent < len(item):
+                    queue[0] = memoryview(item)[sent:]
+                    return
+                queue.popleft()
+        except BlockingIOError:
+            return
+        except OSError:
+            self.close()
+            return
+        if self._writer is not None:
+            self._writer.stop()
+            self._writer.close()
+        self._writer = self._queue = None
+        self._queued = 0
+
+    def _on_readable(self) -> None:
+        try:
+            data = self._sock.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()  # the browser went away
+        # Anything else a client sends on an event stream is ignored.
+
+
+class Streams:
+    """This process's open streams: adoption, heartbeats, store re-reads and release.
+
+    One housekeeping greenlet releases closed streams' subscriptions and starts store
+    re-reads (one query per user, a few at a time); another writes the keepalive comments,
+    walking only the streams whose last write is old enough.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        read_store: Callable[[int, int], list[Event]],
+        *,
+        heartbeat: float,
+        max_queued: int = 256 * 1024,
+        resync_concurrency: int = 4,
+    ) -> None:
+        self.hub = hub
+        self.loop = gevent.get_hub().loop
+        self.heartbeat = heartbeat
+        self.max_queued = max_queued
+        self._read_store = read_store
+        # Every open stream, least recently written first (for the heartbeat).
+        self._by_write: OrderedDict[LiveStream, None] = OrderedDict()
+        self._released: list[Subscription] = []
+        self._resyncs: dict[int, set[LiveStream]] = {}
+        self._work = gevent.event.Event()
+        self._pool = gevent.pool.Pool(resync_concurrency)
+        self._greenlets: list[gevent.Greenlet] = []
+
+    @classmethod
+    def for_app(cls, app, hub: Hub) -> Streams:
+        """Streams reading the app's store and heartbeat setting."""
+        from app.notifications.store import stored_events
+
+        def read_store(user_id: int, since_id: int) -> list[Event]:
+            with app.app_context():
+                return stored_events(user_id, since_id)
+
+        return cls(hub, read_store, heartbeat=float(app.config["SSE_HEARTBEAT_SECONDS"]))
+
+    def adopt(self, sub: Subscription, fd: int, unseen: Unseen, head: bytes) -> LiveStream:
+        """Take over socket ``fd``: write ``head``, then whatever waited in ``sub``'s mailbox."""
+        self._start()
+        stream = LiveStream(self, sub, fd, unseen)
+        self._by_write[stream] = None
+        stream.write(head)
+        stream.send_events(sub.attach(stream))
+        if sub.closed:
+            stream.close()
+        elif sub.resync:
+            sub.resync = False
+            stream.resync()
+        return stream
+
+    def __len__(self) -> int:
+        return len(self._by_write)
+
+    # -- called by the streams ---------------------------------------------------------
+
+    def written(self, stream: LiveStream) -> None:
+        self._by_write.move_to_end(stream)
+
+    def release(self, stream: LiveStream) -> None:
+        self._by_write.pop(stream, None)
+        self._released.append(stream.sub)
+        self._work.set()
+
+    def resync(self, stream: LiveStream) -> None:
+        self._resyncs.setdefault(stream.sub.user_id, set()).add(stream)
+        self._work.set()
+
+    # -- housekeeping --------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if not self._greenlets:
+            self._greenlets = [gevent.spawn(self._housekeep), gevent.spawn(self._beat)]
+
+    def stop(self) -> None:
+        """Stop the housekeeping greenlets (tests; a stopping worker just exits)."""
+        gevent.killall(self._greenlets)
+        self._greenlets = []
+
+    def _housekeep(self) -> None:
+        while True:
+            self._work.wait()
+            self._work.clear()
+            released, self._released = self._released, []
+            for sub in released:
+                self.hub.unsubscribe(sub)
+            resyncs, self._resyncs = self._resyncs, {}
+            for user_id, streams in resyncs.items():
+                self._pool.spawn(self._resync_user, user_id, streams)
+
+    def _resync_user(self, user_id: int, streams: set[LiveStream]) -> None:
+        open_streams = [s for s in streams if not s.closed]
+        if not open_streams:
+            return
+        try:
+            events = self._read_store(user_id, min(s.unseen.floor for s in open_streams))
+        except Exception:
+            log.exception("could not re-read the store of user %s; closing their streams", user_id)
+            # Their browsers reconnect and replay from their Last-Event-ID.
+            for stream in open_streams:
+                stream.close()
+            return
+        for stream in open_streams:
+            stream.send_events(events)
+
+    def _beat(self) -> None:
+        # Each sweep writes to the streams that would otherwise reach `heartbeat` silent
+        # before the next one, so no stream stays silent longer than `heartbeat`.
+        interval = min(1.0, self.heartbeat / 4)
+        while True:
+            gevent.sleep(interval)
+            due_before = time.monotonic() - self.heartbeat + interval
+            due = []
+            for stream in self._by_write:
+                if stream.last_write > due_before:
+                    break
+                due.append(stream)
+            for stream in due:
+                stream.write(KEEPALIVE)

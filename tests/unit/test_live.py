@@ -1,0 +1,189 @@
+"""Open streams written without a greenlet each: order, slow clients, heartbeats, release.
+
+The stream's socket is one end of a socketpair; the test reads the other end through a
+gevent socket, so the event loop (and the streams' watchers) runs while the test waits.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import gevent
+import gevent.socket
+import pytest
+
+from app.notifications.events import Event
+from app.notifications.hub import Subscription
+from app.notifications.live import KEEPALIVE, Streams, Unseen
+
+
+class FakeHub:
+    def __init__(self) -> None:
+        self.released: list[Subscription] = []
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self.released.append(sub)
+
+
+class Store:
+    """The user's stored notifications, and who asked for them."""
+
+    def __init__(self) -> None:
+        self.events: dict[int, list[Event]] = {}
+        self.reads: list[int] = []
+        self.fail = False
+
+    def read(self, user_id: int, since_id: int) -> list[Event]:
+        self.reads.append(user_id)
+        if self.fail:
+            raise RuntimeError("database away")
+        return [e for e in self.events.get(user_id, []) if e.id > since_id]
+
+
+class Peer:
+    """The browser's end: reads whole SSE frames."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = gevent.socket.socket(fileno=sock.detach())
+        self.buf = b""
+
+    def frames(self, n: int, timeout: float = 5.0) -> list[bytes]:
+        with gevent.Timeout(timeout):
+            while self.buf.count(b"\n\n") < n:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise EOFError(self.buf)
+                self.buf += chunk
+        parts = self.buf.split(b"\n\n")
+        taken, self.buf = parts[:n], b"\n\n".join(parts[n:])
+        return [p + b"\n\n" for p in taken]
+
+    def at_eof(self, timeout: float = 5.0) -> bool:
+        with gevent.Timeout(timeout):
+            while chunk := self.sock.recv(65536):
+                self.buf += chunk
+        return True
+
+
+def ev(i: int, name: str = "unread_message_count", data=None) -> Event:
+    return Event(name=name, data=i if data is None else data, timestamp=1.0, id=i)
+
+
+@pytest.fixture
+def hub():
+    return FakeHub()
+
+
+@pytest.fixture
+def store():
+    return Store()
+
+
+@pytest.fixture
+def streams(hub, store):
+    streams = Streams(hub, store.read, heartbeat=60)
+    yield streams
+    streams.stop()
+
+
+def open_stream(streams: Streams, sub: Subscription, backlog: list[Event] = (), cursor: int = 0):
+    """Adopt one end of a socketpair as the view does: head, ``retry:``, then the replay."""
+    ours, theirs = socket.socketpair()
+    unseen = Unseen(cursor)
+    stream = streams.adopt(sub, ours.detach(), unseen, b"retry: 3000\n\n" + unseen.frames(backlog))
+    return stream, Peer(theirs)
+
+
+def test_head_then_what_waited_then_live_events_in_order_and_once(streams):
+    sub = Subscription(1, None)
+    sub.offer(ev(5))
+    sub.offer(ev(7, "other"))
+    stream, peer = open_stream(streams, sub, backlog=[ev(5)])
+    sub.offer(ev(8))
+    assert peer.frames(4) == [b"retry: 3000\n\n", ev(5).wire, ev(7, "other").wire, ev(8).wire]
+    sub.offer(ev(8))
+    sub.offer(ev(6, "other"))
+    sub.offer(Event(name="announcement", data="hi", timestamp=2.0))
+    assert peer.frames(1) == [Event(name="announcement", data="hi", timestamp=2.0).wire], (
+        "ids already sent, or older than what was sent for their key, are not sent again"
+    )
+    assert len(streams) == 1
+
+
+def test_a_vanished_browser_releases_its_subscription(streams, hub):
+    sub = Subscription(1, None)
+    stream, peer = open_stream(streams, sub)
+    peer.sock.close()
+    with gevent.Timeout(5):
+        while not hub.released:
+            gevent.sleep(0.01)
+    assert hub.released == [sub] and stream.closed and sub.closed and len(streams) == 0
+
+
+def test_close_ends_the_response_after_what_was_written(streams, hub):
+    sub = Subscription(1, "login")
+    stream, peer = open_stream(streams, sub)
+    sub.offer(ev(1))
+    sub.close()  # logout, or the worker stopping
+    assert peer.at_eof()
+    assert peer.buf == b"retry: 3000\n\n" + ev(1).wire
+
+
+def test_a_client_too_far_behind_is_cut_off_after_whole_frames(hub, store):
+    streams = Streams(hub, store.read, heartbeat=60, max_queued=32 * 1024)
+    sub = Subscription(1, None)
+    stream, peer = open_stream(streams, sub)
+    pad = "x" * 2000
+    for i in range(1, 2001):  # far more than the socket buffers and the queue hold
+        sub.offer(ev(i, name=f"kind{i % 50}", data={"pad": pad}))
+    assert stream.closed, "a client that stopped reading does not grow the worker without bound"
+    assert peer.at_eof()
+    *whole, rest = peer.buf.split(b"\n\n")
+    assert whole[0] == b"retry: 3000"
+    ids = [int(f.split(b"\n")[0].removeprefix(b"id: ")) for f in whole[1:]]
+    assert ids == list(range(1, len(ids) + 1)), "what arrived is in order, each frame whole"
+    assert len(ids) < 2000
+    # The browser drops the cut-off frame and resumes from ids[-1] with Last-Event-ID.
+    with gevent.Timeout(5):
+        while not hub.released:
+            gevent.sleep(0.01)
+
+
+def test_resync_reads_the_store_once_per_user_and_sends_only_what_is_new(streams, store):
+    subs = [Subscription(1, None), Subscription(1, None)]
+    pairs = [open_stream(streams, s, cursor=3) for s in subs]
+    store.events[1] = [ev(2), ev(4, "other"), ev(5)]
+    subs[0].offer(ev(5))
+    for sub in subs:
+        sub.request_resync()
+    first, second = (peer for _, peer in pairs)
+    assert first.frames(3)[1:] == [ev(5).wire, ev(4, "other").wire]
+    assert second.frames(3)[1:] == [ev(4, "other").wire, ev(5).wire]
+    assert store.reads == [1]
+
+
+def test_a_failed_store_read_closes_the_streams_so_browsers_reconnect(streams, store, hub):
+    store.fail = True
+    sub = Subscription(1, None)
+    stream, peer = open_stream(streams, sub)
+    sub.request_resync()
+    assert peer.at_eof()
+    assert stream.closed
+
+
+def test_idle_streams_get_keepalives_and_busy_ones_do_not(hub, store):
+    streams = Streams(hub, store.read, heartbeat=0.4)
+    try:
+        idle_sub, busy_sub = Subscription(1, None), Subscription(2, None)
+        _, idle = open_stream(streams, idle_sub)
+        _, busy = open_stream(streams, busy_sub)
+        assert idle.frames(1) == [b"retry: 3000\n\n"] and busy.frames(1) == [b"retry: 3000\n\n"]
+        got = []
+        for i in range(1, 11):
+            busy_sub.offer(ev(i))
+            got += busy.frames(1)
+            gevent.sleep(0.1)
+        assert idle.frames(2, timeout=2) == [KEEPALIVE, KEEPALIVE]
+        assert got == [ev(i).wire for i in range(1, 11)], "no keepalive between frequent events"
+    finally:
+        streams.stop()
