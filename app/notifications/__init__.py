@@ -1,9 +1,10 @@
 """Real-time notifications: the store, the per-process hub, ``/stream`` and ``/notifications``.
 
 One event's path: ``notify()`` (store.py) stores and commits → publishes to
-``notifications:<user_id>`` → this worker's ``Hub`` (hub.py) offers it to each open
-stream's mailbox → ``stream()`` (routes.py) writes the SSE frame → the browser's
-EventSource (static/js/tidings.js) → the badge.
+``notifications:<user_id>`` → this worker's ``Hub`` (hub.py) offers it to each of the
+user's open streams → each ``LiveStream`` (live.py; opened by ``stream()`` in routes.py)
+sends the SSE frame on its socket → the browser's EventSource (static/js/tidings.js) →
+the badge.
 """
 
 from flask import Blueprint

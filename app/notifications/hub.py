@@ -2,7 +2,7 @@
 
 Each gunicorn gevent worker has one ``Hub``. It subscribes to ``notifications:<id>`` only
 while that user has an open stream in this worker (reference-counted), reads the
-connection in one listener greenlet and offers every message to the streams' mailboxes.
+connection in one listener greenlet and offers every message to the user's streams.
 Offering never blocks the listener: an open stream writes to its socket without waiting
 (see ``live.py``), and a stream still being opened keeps the latest event per key.
 When Redis goes away the listener reconnects with capped exponential backoff,

@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from tests.helpers import SSE
+from tests.helpers import SSE, WebUser
 
 
 def open_stream(user, **kwargs) -> SSE:
@@ -247,5 +247,30 @@ def test_a_vanished_client_releases_its_subscription(make_user, redis_url, serve
     s.next_block()
     assert subscribers() == 1
     s.sock.close()  # the tab vanishes without a goodbye
-    # The next heartbeat write fails (SSE_HEARTBEAT_SECONDS=1), the stream ends, the hub unsubscribes.
+    # The stream's read watcher sees the connection end; the hub unsubscribes.
     wait_until(lambda: subscribers() == 0, 5, "the hub to release the vanished stream")
+
+
+def test_open_streams_do_not_take_the_workers_request_slots(server_env, tmp_path):
+    from tests.servers import LiveServer
+
+    env = {**server_env, "WEB_CONCURRENCY": "1", "WORKER_CONNECTIONS": "3"}
+    live = LiveServer(env, tmp_path / "gunicorn.log").start()
+    try:
+        alice, bob = WebUser(live.url, "slots_a"), WebUser(live.url, "slots_b")
+        for user in (alice, bob):
+            assert user.register().status_code == 302
+            user.login()
+        streams = []
+        for _ in range(12):  # four times the requests the worker serves at once
+            s = open_stream(bob)
+            s.next_block()
+            streams.append(s)
+        assert alice.send(bob.username, "still served").status_code == 302
+        for s in streams:
+            assert s.next_event("unread_message_count").json["data"] == 1
+            s.close()
+        alice.close()
+        bob.close()
+    finally:
+        live.stop()
