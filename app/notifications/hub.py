@@ -32,14 +32,14 @@ log = logging.getLogger(__name__)
 SESSION_ENDED = "session_ended"
 
 
-class GeventRequired(RuntimeError):
-    """Raised when streams are asked of a process whose sockets gevent has not patched."""
+class StreamingUnavailable(RuntimeError):
+    """Raised when streams are asked of a server that cannot hold them (no gevent, no hook)."""
 
 
 def require_gevent() -> None:
     """Refuse to stream from a sync/threaded worker, where each stream would pin a worker."""
     if not gevent.monkey.is_module_patched("socket"):
-        raise GeventRequired(
+        raise StreamingUnavailable(
             "/stream needs a gevent-patched server: run `gunicorn -c gunicorn.conf.py wsgi:app` "
             "(or `make run`). Sync or threaded workers and `flask run` would hold one worker "
             "per open browser tab."

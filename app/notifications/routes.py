@@ -15,7 +15,7 @@ from app.errors import json_error
 from app.extensions import db, realtime
 from app.models import Notification
 from app.notifications import bp
-from app.notifications.hub import GeventRequired
+from app.notifications.hub import StreamingUnavailable
 from app.notifications.live import Unseen
 from app.notifications.store import stored_events
 
@@ -66,7 +66,7 @@ def stream():
         return json_error(400, "the event id to resume from must be a non-negative integer")
     try:
         _require_handover()
-    except GeventRequired as exc:
+    except StreamingUnavailable as exc:
         log.critical("%s", exc)
         return json_error(503, str(exc))
     if request.method == "HEAD":
@@ -76,12 +76,15 @@ def stream():
 
 def _require_handover() -> None:
     """Streams need gevent, and gunicorn.conf.py's hook that lets a response keep its socket."""
-    realtime.hub  # noqa: B018 - raises GeventRequired in a process gevent has not patched
+    realtime.hub  # noqa: B018 - raises StreamingUnavailable in a process gevent has not patched
     if not realtime.state().handover or "gunicorn.socket" not in request.environ:
-        raise GeventRequired(
+        raise StreamingUnavailable(
             "/stream needs gunicorn started with the project's settings: "
             "`gunicorn -c gunicorn.conf.py wsgi:app` (or `make run`)."
         )
+    if request.environ.get("HTTP_VERSION") == "2":
+        # One HTTP/2 connection carries many requests: its socket is not this stream's to take.
+        raise StreamingUnavailable("/stream is served over HTTP/1.1: leave gunicorn's HTTP/2 off.")
 
 
 class StreamHandover(Response):
