@@ -54,6 +54,8 @@ def load_config(instance_path: str) -> dict:
         "REDIS_URL": os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
         "SSE_HEARTBEAT_SECONDS": _int_env("SSE_HEARTBEAT_SECONDS", 15),
         "SSE_RETRY_MS": _int_env("SSE_RETRY_MS", 3000),
+        # Open streams one worker holds before answering 503; 0: what its open-files limit allows.
+        "MAX_STREAMS_PER_WORKER": _int_env("MAX_STREAMS_PER_WORKER", 0),
         "MESSAGES_PER_PAGE": _int_env("MESSAGES_PER_PAGE", 25),
         "USERS_PER_PAGE": _int_env("USERS_PER_PAGE", 25),
         "EXPORT_DIR": os.environ.get("EXPORT_DIR") or str(instance / "exports"),

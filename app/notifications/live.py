@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import _socket
 import logging
+import resource
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -33,6 +34,14 @@ log = logging.getLogger(__name__)
 
 KEEPALIVE = b": keepalive\n\n"
 _READ, _WRITE = 1, 2  # libev/libuv event masks
+
+
+def default_capacity() -> int:
+    """Open streams a process can hold: its open-files limit, less a reserve for everything else."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(1, soft - min(1024, soft // 4))
 
 
 class Unseen:
@@ -212,12 +221,14 @@ class Streams:
         read_store: Callable[[int, int], list[Event]],
         *,
         heartbeat: float,
+        capacity: int = 0,
         max_queued: int = 256 * 1024,
         resync_concurrency: int = 4,
     ) -> None:
         self.hub = hub
         self.loop = gevent.get_hub().loop
         self.heartbeat = heartbeat
+        self.capacity = capacity or default_capacity()
         self.max_queued = max_queued
         self._read_store = read_store
         # Every open stream, least recently written first (for the heartbeat).
@@ -237,7 +248,12 @@ class Streams:
             with app.app_context():
                 return stored_events(user_id, since_id)
 
-        return cls(hub, read_store, heartbeat=float(app.config["SSE_HEARTBEAT_SECONDS"]))
+        return cls(
+            hub,
+            read_store,
+            heartbeat=float(app.config["SSE_HEARTBEAT_SECONDS"]),
+            capacity=int(app.config["MAX_STREAMS_PER_WORKER"]),
+        )
 
     def adopt(self, sub: Subscription, fd: int, unseen: Unseen, head: bytes) -> LiveStream:
         """Take over socket ``fd``: write ``head``, then whatever waited in ``sub``'s mailbox."""
@@ -255,6 +271,11 @@ class Streams:
 
     def __len__(self) -> int:
         return len(self._by_write)
+
+    @property
+    def full(self) -> bool:
+        """Whether another stream would eat into the descriptors requests, Redis and the DB need."""
+        return len(self._by_write) >= self.capacity
 
     # -- called by the streams ---------------------------------------------------------
 

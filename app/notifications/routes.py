@@ -110,13 +110,18 @@ class StreamHandover(Response):
 
     def __call__(self, environ, start_response):
         streams = realtime.streams
+        if streams.full:
+            log.warning("refused a stream: this worker holds %d, its limit", len(streams))
+            return _unavailable("this server holds all the streams it can; try again shortly")(
+                environ, start_response
+            )
         sub = streams.hub.subscribe(self.user_id, self.login)
         try:
             backlog = stored_events(self.user_id, self.cursor)
         except Exception:
             streams.hub.unsubscribe(sub)
             log.exception("could not read the notification store for a stream")
-            return json_error(503, "notifications are unavailable for a moment")(environ, start_response)
+            return _unavailable("notifications are unavailable for a moment")(environ, start_response)
         unseen = Unseen(self.cursor)
         retry = f"retry: {current_app.config['SSE_RETRY_MS']}\n\n".encode()
         body = retry + (unseen.frames(backlog) or b": connected\n\n")
@@ -125,7 +130,16 @@ class StreamHandover(Response):
         return ALREADY_HANDLED
 
     def _head(self) -> bytes:
+        """The status line and headers, as gunicorn would have written them, ending the body at close."""
         lines = [f"HTTP/1.1 {self.status}"]
         lines += [f"{k}: {v}" for k, v in self.headers.items() if k.lower() not in self._DROPPED]
         lines.append("Connection: close")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _unavailable(message: str) -> Response:
+    """A 503 JSON answer for a stream that cannot open now; browsers retry with backoff."""
+    response, status = json_error(503, message)
+    response.status_code = status
+    response.headers["Retry-After"] = "5"
+    return response

@@ -274,3 +274,47 @@ def test_open_streams_do_not_take_the_workers_request_slots(server_env, tmp_path
         bob.close()
     finally:
         live.stop()
+
+
+def test_an_unreadable_store_and_a_full_worker_answer_503_json_then_recover(server_env, tmp_path):
+    import sqlalchemy as sa
+
+    from tests.servers import LiveServer, wait_until
+
+    def rename(old: str, new: str) -> None:
+        engine = sa.create_engine(server_env["DATABASE_URL"])
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"ALTER TABLE {old} RENAME TO {new}"))
+        engine.dispose()
+
+    env = {**server_env, "WEB_CONCURRENCY": "1", "MAX_STREAMS_PER_WORKER": "2"}
+    live = LiveServer(env, tmp_path / "gunicorn.log").start()
+    try:
+        bob = WebUser(live.url, "full_b")
+        assert bob.register().status_code == 302
+        bob.login()
+
+        rename("notification", "notification_away")
+        try:
+            broken = bob.http.get("/stream")
+            assert broken.status_code == 503 and broken.headers["retry-after"] == "5"
+            assert broken.json()["error"] == "notifications are unavailable for a moment"
+        finally:
+            rename("notification_away", "notification")
+
+        first, second = open_stream(bob), open_stream(bob)
+        refused = bob.http.get("/stream")
+        assert refused.status_code == 503
+        assert "try again" in refused.json()["error"]
+        first.close()
+
+        def opens() -> bool:
+            s = bob.stream()
+            s.close()
+            return s.status == 200
+
+        wait_until(opens, 5, "a slot to free up once a tab closes")
+        second.close()
+        bob.close()
+    finally:
+        live.stop()

@@ -187,3 +187,22 @@ def test_idle_streams_get_keepalives_and_busy_ones_do_not(hub, store):
         assert got == [ev(i).wire for i in range(1, 11)], "no keepalive between frequent events"
     finally:
         streams.stop()
+
+
+def test_capacity_counts_open_streams_and_defaults_below_the_open_files_limit(hub, store):
+    import resource
+
+    from app.notifications.live import default_capacity
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert 0 < default_capacity() < soft, "descriptors stay free for requests, Redis and the database"
+    streams = Streams(hub, store.read, heartbeat=60, capacity=1)
+    sub = Subscription(1, None)
+    stream, peer = open_stream(streams, sub)
+    assert streams.full
+    peer.sock.close()
+    with gevent.Timeout(5):
+        while streams.full:
+            gevent.sleep(0.01)
+    assert stream.closed
+    streams.stop()
