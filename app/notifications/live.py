@@ -308,7 +308,10 @@ class Streams:
             self._work.clear()
             released, self._released = self._released, []
             for sub in released:
-                self.hub.unsubscribe(sub)
+                try:
+                    self.hub.unsubscribe(sub)
+                except Exception:  # never let one failure stop releases, re-reads and this loop
+                    log.exception("could not release user %s's stream", sub.user_id)
             resyncs, self._resyncs = self._resyncs, {}
             for user_id, streams in resyncs.items():
                 self._pool.spawn(self._resync_user, user_id, streams)
