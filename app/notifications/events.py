@@ -43,13 +43,16 @@ class Event:
     data: Any
     timestamp: float
     id: int | None = None
-    # The SSE frame, encoded once however many streams an event fans out to.
+    # The SSE frame and the key, computed once however many streams an event fans out to.
     _wire: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _key: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def key(self) -> str:
         """The coalescing key (see ``coalesce_key``)."""
-        return coalesce_key(self.name, self.data)
+        if self._key is None:
+            object.__setattr__(self, "_key", coalesce_key(self.name, self.data))
+        return self._key
 
     def to_dict(self) -> dict[str, Any]:
         """The contract's Notification object."""
