@@ -6,20 +6,21 @@ its own after the fork (no preload), once gevent has patched the standard librar
 
 import os
 import resource
-import signal
 import sys
 
 port = os.environ.get("PORT", "8000")
 bind = [os.environ.get("BIND") or f"127.0.0.1:{port}"]
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "gevent"
+# gunicorn's gevent worker, extended: /stream takes its connection over, streams do not count
+# toward max_requests, and a stopping worker stops accepting before it drains (app/server.py).
+worker_class = "app.server.StreamWorker"
 # Concurrent requests per worker. Open streams are not among them: once its replay is written
 # a stream is a socket the worker writes to, with no greenlet (app/notifications/live.py).
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "1000"))
 preload_app = False
 # The arbiter's liveness timeout: gevent workers report every second, streams or not.
 timeout = 30
-# On SIGTERM/HUP a worker closes its streams at once (see post_worker_init); this bounds the rest.
+# On SIGTERM/HUP a worker stops accepting, closes its streams at once, and has this long for the rest.
 graceful_timeout = 10
 keepalive = 5
 backlog = 4096
@@ -39,42 +40,19 @@ def on_starting(server):
 
 
 def post_worker_init(worker):
-    """Refuse non-gevent workers, and end this worker's streams promptly on SIGTERM."""
+    """Refuse workers other than Tidings' own (a sync or threaded one would pin a worker per tab)."""
     import gevent
-    import gevent.monkey
 
-    if not gevent.monkey.is_module_patched("socket"):
+    from app.server import WORKER_BOOT_ERROR, StreamWorker
+
+    if not isinstance(worker, StreamWorker):
         worker.log.critical(
-            "Tidings needs gevent workers (worker_class = 'gevent'): a sync or threaded worker "
-            "would hold one worker per open stream. Start with: gunicorn -c gunicorn.conf.py wsgi:app"
+            "Tidings needs its gevent worker class (worker_class = %r, set in gunicorn.conf.py): "
+            "a sync or threaded worker would hold one worker per open stream. "
+            "Start with: gunicorn -c gunicorn.conf.py wsgi:app",
+            worker_class,
         )
-        sys.exit(3)  # gunicorn's boot-error code: the arbiter stops instead of respawning
-
-    # /stream's response takes its socket over and returns gunicorn's ALREADY_HANDLED (see
-    # app/notifications/routes.py). gunicorn's hook for that sentinel is meant to be overridden
-    # by workers that must then leave the connection alone: end the keep-alive loop at once
-    # instead of reading a next request from a socket that now belongs to the stream.
-    already_handled = worker.is_already_handled
-
-    def is_already_handled(respiter):
-        if already_handled(respiter):
-            raise StopIteration("handed over to a notification stream")
-        return False
-
-    worker.is_already_handled = is_already_handled
-    state = getattr(worker.wsgi, "extensions", {}).get("tidings.realtime")
-    if state is not None:
-        state.handover = True
-
-    stop_accepting = worker.handle_exit
-
-    def handle_exit(sig, frame):
-        stop_accepting(sig, frame)
-        if state is not None and state.hub_started:
-            # Outside the signal handler, like gunicorn's own handle_quit.
-            gevent.spawn(state.hub.shutdown)
-
-    signal.signal(signal.SIGTERM, handle_exit)
+        sys.exit(WORKER_BOOT_ERROR)  # the arbiter stops instead of respawning
 
     metrics_dir = os.environ.get("TIDINGS_METRICS_DIR")
     if metrics_dir:
@@ -82,7 +60,7 @@ def post_worker_init(worker):
 
         def dump_metrics():
             while True:
-                counters.write(metrics_dir, worker.wsgi)
+                counters.write(metrics_dir, worker.served_app)
                 gevent.sleep(1.0)
 
         gevent.spawn(dump_metrics)

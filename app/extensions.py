@@ -80,8 +80,6 @@ class _RealtimeState:
         self._redis: redis.Redis | None = None
         self._hub = None
         self._streams = None
-        # Set by gunicorn.conf.py in each worker: a /stream response may take its socket over.
-        self.handover = False
 
     def _forked(self) -> None:
         if self._pid != os.getpid():

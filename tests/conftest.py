@@ -4,6 +4,7 @@ SQLite and, where TEST_DATABASE_URL is set (always in CI), again on PostgreSQL."
 from __future__ import annotations
 
 import os
+import re
 
 import fakeredis
 import pytest
@@ -33,6 +34,28 @@ def reset_database(url: str) -> None:
         conn.execute(sa.text("DROP SCHEMA public CASCADE"))
         conn.execute(sa.text("CREATE SCHEMA public"))
     engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def clean_server_logs():
+    """Fail a test whose servers (gunicorn, RQ worker) logged a traceback or an unexpected error.
+
+    Yields the list of allowed patterns; tests that provoke an error on purpose add theirs
+    through ``expect_log``.
+    """
+    from tests.servers import _Logged
+
+    allowed: list[re.Pattern] = []
+    yield allowed
+    problems = [p for proc in _Logged.started for p in proc.new_problems(allowed)]
+    if problems:
+        pytest.fail("server logs show problems:\n" + "\n---\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def expect_log(clean_server_logs):
+    """``expect_log(regex)``: a log record matching it is expected in this test, not a failure."""
+    return lambda pattern: clean_server_logs.append(re.compile(pattern))
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

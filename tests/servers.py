@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -98,17 +99,54 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
+# Where a log record starts: gunicorn's "[2026-…] [pid] [LEVEL]", logging's "2026-… LEVEL name:",
+# RQ's "12:00:00 …", or a bare traceback.
+_RECORD_START = re.compile(r"^(\[\d{4}-|\d{4}-\d\d-\d\d |\d\d:\d\d:\d\d )")
+_PROBLEM = re.compile(r"Traceback \(most recent call last\)|\[(ERROR|CRITICAL)\]|\b(ERROR|CRITICAL)\b")
+
+
+def log_problems(text: str, allowed: list[re.Pattern]) -> list[str]:
+    """The records of a server log that show a traceback or an ERROR/CRITICAL line, unless allowed."""
+    records: list[list[str]] = []
+    for line in text.splitlines():
+        if _RECORD_START.match(line) or not records:
+            records.append([line])
+        else:
+            records[-1].append(line)
+    problems = []
+    for lines in records:
+        record = "\n".join(lines)
+        if _PROBLEM.search(record) and not any(p.search(record) for p in allowed):
+            problems.append(record)
+    return problems
+
+
 class _Logged:
-    """A subprocess with its output in a log file, stopped with SIGTERM (then SIGKILL)."""
+    """A subprocess with its output in a log file, stopped with SIGTERM (then SIGKILL).
+
+    Every one started is remembered, so a test fixture can fail a test whose servers logged
+    a traceback or an unexpected error while it ran (``new_problems``).
+    """
 
     command: list = []
+    started: list[_Logged] = []
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.env = {**os.environ, **env}
         self.log_path = log
         self.proc: subprocess.Popen | None = None
+        self._checked = 0
+
+    def new_problems(self, allowed: list[re.Pattern]) -> list[str]:
+        """Problems (see ``log_problems``) logged since the last call."""
+        with open(self.log_path, "rb") as fh:
+            fh.seek(self._checked)
+            raw = fh.read()
+        self._checked += len(raw)
+        return [f"{self.log_path}:\n{p}" for p in log_problems(raw.decode(errors="replace"), allowed)]
 
     def _spawn(self) -> None:
+        _Logged.started.append(self)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             self.command, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT

@@ -91,15 +91,15 @@ class LiveStream:
         "_queued",
     )
 
-    def __init__(self, streams: Streams, sub: Subscription, fd: int, unseen: Unseen) -> None:
+    def __init__(self, streams: Streams, sub: Subscription, sock: _socket.socket, unseen: Unseen) -> None:
         self.sub = sub
         self.unseen = unseen
         self.last_write = time.monotonic()
         self.closed = False
         self._streams = streams
-        self._sock = _socket.socket(fileno=fd)
+        self._sock = sock
         self._sock.setblocking(False)
-        self._reader = streams.loop.io(fd, _READ)
+        self._reader = streams.loop.io(sock.fileno(), _READ)
         self._reader.start(self._on_readable)
         self._writer = None
         self._queue: deque | None = None
@@ -256,18 +256,36 @@ class Streams:
         )
 
     def adopt(self, sub: Subscription, fd: int, unseen: Unseen, head: bytes) -> LiveStream:
-        """Take over socket ``fd``: write ``head``, then whatever waited in ``sub``'s mailbox."""
+        """Take over socket ``fd``: write ``head``, then whatever waited in ``sub``'s mailbox.
+
+        It owns ``fd`` from the call on: whatever fails closes it and releases ``sub``.
+        """
         self._start()
-        stream = LiveStream(self, sub, fd, unseen)
+        sock = _socket.socket(fileno=fd)
+        try:
+            stream = LiveStream(self, sub, sock, unseen)
+        except BaseException:
+            sock.close()
+            self._released.append(sub)
+            self._work.set()
+            raise
         self._by_write[stream] = None
-        stream.write(head)
-        stream.send_events(sub.attach(stream))
+        try:
+            stream.write(head)
+            stream.send_events(sub.attach(stream))
+        except BaseException:
+            stream.close()
+            raise
         if sub.closed:
             stream.close()
         elif sub.resync:
             sub.resync = False
             stream.resync()
         return stream
+
+    def drain(self) -> None:
+        """Close every stream now (the worker is stopping): browsers reconnect to another one."""
+        self.hub.shutdown()
 
     def __len__(self) -> int:
         return len(self._by_write)

@@ -8,7 +8,6 @@ import math
 import sqlalchemy as sa
 from flask import Response, current_app, jsonify, request
 from flask_login import current_user
-from gunicorn.workers.base_async import ALREADY_HANDLED
 
 from app.auth.sessions import login_session_id
 from app.errors import json_error
@@ -18,6 +17,7 @@ from app.notifications import bp
 from app.notifications.hub import StreamingUnavailable
 from app.notifications.live import Unseen
 from app.notifications.store import stored_events
+from app.server import ENVIRON_KEY, HandoverRefused
 
 log = logging.getLogger(__name__)
 
@@ -65,26 +65,26 @@ def stream():
     except ValueError:
         return json_error(400, "the event id to resume from must be a non-negative integer")
     try:
-        _require_handover()
+        realtime.hub  # noqa: B018 - raises StreamingUnavailable in a process gevent has not patched
     except StreamingUnavailable as exc:
         log.critical("%s", exc)
         return json_error(503, str(exc))
+    handover = request.environ.get(ENVIRON_KEY)
+    if handover is None:
+        log.critical("%s", NO_HANDOVER)
+        return json_error(503, NO_HANDOVER)
+    if handover.refusal is not None:
+        log.info("refused a stream: %s", handover.refusal)
+        return _unavailable(handover.refusal)
     if request.method == "HEAD":
         return Response(content_type=StreamHandover.CONTENT_TYPE, headers=StreamHandover.HEADERS)
     return StreamHandover(current_user.id, login_session_id(), cursor or 0)
 
 
-def _require_handover() -> None:
-    """Streams need gevent, and gunicorn.conf.py's hook that lets a response keep its socket."""
-    realtime.hub  # noqa: B018 - raises StreamingUnavailable in a process gevent has not patched
-    if not realtime.state().handover or "gunicorn.socket" not in request.environ:
-        raise StreamingUnavailable(
-            "/stream needs gunicorn started with the project's settings: "
-            "`gunicorn -c gunicorn.conf.py wsgi:app` (or `make run`)."
-        )
-    if request.environ.get("HTTP_VERSION") == "2":
-        # One HTTP/2 connection carries many requests: its socket is not this stream's to take.
-        raise StreamingUnavailable("/stream is served over HTTP/1.1: leave gunicorn's HTTP/2 off.")
+NO_HANDOVER = (
+    "/stream needs Tidings' gunicorn worker: start `gunicorn -c gunicorn.conf.py wsgi:app` "
+    "(or `make run`), whose worker_class lets a stream keep its connection."
+)
 
 
 class StreamHandover(Response):
@@ -93,10 +93,10 @@ class StreamHandover(Response):
     The server calls a response once Flask is done with it (after_request handlers ran,
     headers are final) and while the request context still stands. This one then subscribes
     to the user's channel, reads the store (subscribing first: whatever commits after the
-    read is live), writes the head, ``retry:`` and the replay itself, hands the socket to this
-    worker's ``Streams`` and returns gunicorn's ``ALREADY_HANDLED``, which gunicorn.conf.py's
-    hook turns into "leave this connection alone". The request context, its database session
-    and the greenlet then end as for any request.
+    read is live), calls ``start_response`` (so middleware sees a 200), takes the connection
+    through the worker's ``Handover`` (app/server.py), writes the head, ``retry:`` and the
+    replay itself, hands the socket to this worker's ``Streams`` and returns an empty body.
+    The request context, its database session and the greenlet then end as for any request.
     """
 
     CONTENT_TYPE = "text/event-stream; charset=utf-8"
@@ -125,14 +125,24 @@ class StreamHandover(Response):
         unseen = Unseen(self.cursor)
         retry = f"retry: {current_app.config['SSE_RETRY_MS']}\n\n".encode()
         body = retry + (unseen.frames(backlog) or b": connected\n\n")
-        fd = environ["gunicorn.socket"].detach()
-        streams.adopt(sub, fd, unseen, self._head() + body)
-        return ALREADY_HANDLED
+        try:
+            environ[ENVIRON_KEY].take(streams, lambda fd: streams.adopt(sub, fd, unseen, self._head() + body))
+        except HandoverRefused as exc:
+            streams.hub.unsubscribe(sub)
+            return _unavailable(str(exc))(environ, start_response)
+        except Exception:
+            streams.hub.unsubscribe(sub)  # a no-op when the stream was adopted and released it
+            raise
+        start_response(self.status, self._headers())  # for middleware: gunicorn writes nothing now
+        return []
+
+    def _headers(self) -> list[tuple[str, str]]:
+        return [(k, v) for k, v in self.headers.items() if k.lower() not in self._DROPPED]
 
     def _head(self) -> bytes:
         """The status line and headers, as gunicorn would have written them, ending the body at close."""
         lines = [f"HTTP/1.1 {self.status}"]
-        lines += [f"{k}: {v}" for k, v in self.headers.items() if k.lower() not in self._DROPPED]
+        lines += [f"{k}: {v}" for k, v in self._headers()]
         lines.append("Connection: close")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 

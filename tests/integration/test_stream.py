@@ -223,7 +223,7 @@ def test_non_gevent_workers_are_refused_at_boot(server_env, worker_class, tmp_pa
         timeout=60,
     )
     assert proc.returncode != 0
-    assert "Tidings needs gevent workers" in proc.stderr
+    assert "Tidings needs its gevent worker class" in proc.stderr
     assert "Worker failed to boot" in proc.stderr
 
 
@@ -276,9 +276,10 @@ def test_open_streams_do_not_take_the_workers_request_slots(server_env, tmp_path
         live.stop()
 
 
-def test_an_unreadable_store_and_a_full_worker_answer_503_json_then_recover(server_env, tmp_path):
+def test_an_unreadable_store_and_a_full_worker_answer_503_json_then_recover(server_env, tmp_path, expect_log):
     import sqlalchemy as sa
 
+    expect_log(r"could not read the notification store for a stream")
     from tests.servers import LiveServer, wait_until
 
     def rename(old: str, new: str) -> None:

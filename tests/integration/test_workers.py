@@ -104,7 +104,8 @@ def failing_worker(worker_env, tmp_path):
     proc.stop()
 
 
-def test_a_failing_job_marks_the_task_failed(make_user, failing_worker):
+def test_a_failing_job_marks_the_task_failed(make_user, failing_worker, expect_log):
+    expect_log(r"exception raised while executing \(workers.jobs.export_messages\)")
     bob = make_user("bob")
     stream = bob.stream(timeout=30)
     stream.next_block()
