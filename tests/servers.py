@@ -173,10 +173,10 @@ class _Logged:
 class LiveServer(_Logged):
     """``gunicorn -c gunicorn.conf.py wsgi:app`` in a subprocess, exactly as operators run it."""
 
-    command = [BIN / "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, *args: str, app: str = "wsgi:app") -> None:
+        """``args`` are extra gunicorn options; ``app`` another WSGI entry point (tests/apps/)."""
         self.port = free_port()
+        self.command = [BIN / "gunicorn", "-c", "gunicorn.conf.py", *args, app]
         super().__init__({**env, "PORT": str(self.port)}, log)
         self.env.pop("BIND", None)
 

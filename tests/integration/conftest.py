@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import os
+from pathlib import Path
 
 import pytest
 import redis
@@ -24,15 +26,8 @@ def redis_url() -> str:
     return url
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def server_env(request, tmp_path_factory, redis_url) -> dict[str, str]:
-    """Environment for a server: a migrated database and the test Redis."""
-    tmp = tmp_path_factory.mktemp("server")
-    if request.param == "sqlite":
-        database_url = f"sqlite:///{tmp / 'tidings.db'}"
-    else:
-        database_url = require_env("TEST_DATABASE_URL", "PostgreSQL")
-        reset_database(database_url)
+def make_server_env(tmp: Path, database_url: str, redis_url: str) -> dict[str, str]:
+    """Environment for a server on a migrated database and the test Redis (``_TMP``: its folder)."""
     env = {
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
@@ -42,9 +37,28 @@ def server_env(request, tmp_path_factory, redis_url) -> dict[str, str]:
         "SSE_RETRY_MS": "500",
         "EXPORT_DIR": str(tmp / "exports"),
     }
-    migrate({**__import__("os").environ, **env})
+    migrate({**os.environ, **env})
     env["_TMP"] = str(tmp)
     return env
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def server_env(request, tmp_path_factory, redis_url) -> dict[str, str]:
+    """Environment for a server: a migrated database and the test Redis."""
+    tmp = tmp_path_factory.mktemp("server")
+    if request.param == "sqlite":
+        database_url = f"sqlite:///{tmp / 'tidings.db'}"
+    else:
+        database_url = require_env("TEST_DATABASE_URL", "PostgreSQL")
+        reset_database(database_url)
+    return make_server_env(tmp, database_url, redis_url)
+
+
+@pytest.fixture(scope="module")
+def sqlite_env(tmp_path_factory, redis_url) -> dict[str, str]:
+    """Environment for servers whose tests are about the server, not the database: SQLite only."""
+    tmp = tmp_path_factory.mktemp("server")
+    return make_server_env(tmp, f"sqlite:///{tmp / 'tidings.db'}", redis_url)
 
 
 @pytest.fixture(scope="module")

@@ -319,3 +319,13 @@ def test_an_unreadable_store_and_a_full_worker_answer_503_json_then_recover(serv
         bob.close()
     finally:
         live.stop()
+
+
+def test_a_client_version_header_is_not_taken_for_http2(make_user):
+    # Over HTTP/1.1 a "Version: 2" header becomes HTTP_VERSION in the environ; the protocol is
+    # SERVER_PROTOCOL's to say. The stream opens, and the fixture fails the test on a CRITICAL line.
+    alice, bob = make_user("alice"), make_user("bob")
+    s = open_stream(bob, headers={"Version": "2"})
+    assert alice.send(bob.username, "still HTTP/1.1").status_code == 302
+    assert s.next_event("unread_message_count").json["data"] == 1
+    s.close()

@@ -206,3 +206,21 @@ def test_capacity_counts_open_streams_and_defaults_below_the_open_files_limit(hu
             gevent.sleep(0.01)
     assert stream.closed
     streams.stop()
+
+
+def test_a_failure_while_adopting_closes_the_socket_and_releases_the_subscription(streams, hub):
+    class Broken(Subscription):
+        __slots__ = ()
+
+        def attach(self, sink):
+            raise RuntimeError("injected")
+
+    sub = Broken(1, None)
+    ours, theirs = socket.socketpair()
+    peer = Peer(theirs)
+    with pytest.raises(RuntimeError):
+        streams.adopt(sub, ours.detach(), Unseen(0), b"retry: 3000\n\n")
+    assert peer.at_eof(), "the browser sees the connection close"
+    gevent.sleep(0)  # housekeeping releases the subscription
+    assert hub.released == [sub]
+    assert len(streams) == 0
