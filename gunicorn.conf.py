@@ -7,6 +7,7 @@ its own after the fork (no preload), once gevent has patched the standard librar
 import os
 import resource
 import sys
+import tempfile
 
 port = os.environ.get("PORT", "8000")
 bind = [os.environ.get("BIND") or f"127.0.0.1:{port}"]
@@ -32,11 +33,28 @@ loglevel = os.environ.get("LOG_LEVEL", "info")
 
 
 def on_starting(server):
-    """Raise the open-files limit to its hard maximum: every stream is a file descriptor."""
+    """Raise the open-files limit (every stream is a descriptor); give the workers a metrics folder."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         server.log.info("raised open files limit from %s to %s", soft, hard)
+    # prometheus_client's multiprocess mode: each worker writes its values in this folder and
+    # /metrics adds them up. It must be empty at start and set before any worker imports the app.
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        for name in os.listdir(folder):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(folder, name))
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tidings-metrics-")
+
+
+def child_exit(server, worker):
+    """Forget a dead worker's live gauges (open streams, channels)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def post_worker_init(worker):

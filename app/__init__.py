@@ -35,13 +35,15 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     notification_store.init_app(app)
 
-    from app import auth, errors, main, messages, notifications
+    from app import auth, errors, main, messages, notifications, ops, security
 
     app.register_blueprint(errors.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(main.bp)
     app.register_blueprint(messages.bp)
     app.register_blueprint(notifications.bp)
+    app.register_blueprint(ops.bp)
+    security.init_app(app)
 
     from app import cli, metrics
 

@@ -7,8 +7,8 @@ import secrets
 from pathlib import Path
 
 
-def _int_env(name: str, default: int) -> int:
-    """Read a positive integer from the environment, refusing nonsense loudly."""
+def _int_env(name: str, default: int, minimum: int = 1) -> int:
+    """Read an integer (at least ``minimum``) from the environment, refusing nonsense loudly."""
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -16,8 +16,8 @@ def _int_env(name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise RuntimeError(f"{name} must be an integer, got {raw!r}") from None
-    if value <= 0:
-        raise RuntimeError(f"{name} must be positive, got {value}")
+    if value < minimum:
+        raise RuntimeError(f"{name} must be at least {minimum}, got {value}")
     return value
 
 
@@ -48,6 +48,7 @@ def load_config(instance_path: str) -> dict:
     """Build the app's configuration from the environment."""
     instance = Path(instance_path)
     instance.mkdir(parents=True, exist_ok=True)
+    production = os.environ.get("APP_ENV") == "production"
     return {
         "SECRET_KEY": _secret_key(instance),
         "SQLALCHEMY_DATABASE_URI": os.environ.get("DATABASE_URL") or f"sqlite:///{instance / 'tidings.db'}",
@@ -68,4 +69,12 @@ def load_config(instance_path: str) -> dict:
         "SESSION_COOKIE_SAMESITE": "Lax",
         "REMEMBER_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_HTTPONLY": True,
+        # Production is served over HTTPS (by the proxy): cookies never travel in the clear.
+        "SESSION_COOKIE_SECURE": production,
+        "REMEMBER_COOKIE_SECURE": production,
+        "REMEMBER_COOKIE_HTTPONLY": True,
+        # Proxies in front whose X-Forwarded-* headers are trusted (1 behind nginx; 0: none).
+        "TRUSTED_PROXIES": _int_env("TRUSTED_PROXIES", 0, minimum=0),
+        # A bearer token that opens /metrics to other hosts (localhost may always read it).
+        "METRICS_TOKEN": os.environ.get("METRICS_TOKEN") or None,
     }

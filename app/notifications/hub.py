@@ -24,6 +24,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from app import telemetry
 from app.notifications.events import Event, channel_for, user_id_from_channel
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ class Hub:
         When Redis is away it returns after ``subscribe_timeout``; the stream reads the
         store now and again when the listener has reconnected.
         """
-        self._start()
+        self.start()
         sub = Subscription(user_id, session)
         channel = channel_for(user_id)
         subs = self._subs.get(user_id)
@@ -183,6 +184,7 @@ class Hub:
             subs.add(sub)
         else:
             self._subs[user_id] = {sub}
+            telemetry.CHANNELS_SUBSCRIBED.inc()
             with self._write_lock:
                 self._pending[channel] = self._pending.get(channel, 0) + 1
                 self._send("SUBSCRIBE", channel)
@@ -201,6 +203,7 @@ class Hub:
         if subs:
             return
         del self._subs[sub.user_id]
+        telemetry.CHANNELS_SUBSCRIBED.dec()
         channel = channel_for(sub.user_id)
         with self._write_lock:
             self._subscribed.discard(channel)
@@ -235,7 +238,8 @@ class Hub:
 
     # -- listener's side -----------------------------------------------------------
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start the listener and pinger (idempotent); the first subscribe does it too."""
         if not self._greenlets:
             self._greenlets = [gevent.spawn(self._listen), gevent.spawn(self._ping)]
 
@@ -269,6 +273,7 @@ class Hub:
                     delay = self.min_backoff
                     self.handle_reply(reply)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                telemetry.HUB_RECONNECTS.inc()
                 log.warning("hub lost Redis (%s); reconnecting in %.1fs", exc, delay)
             finally:
                 self._detach(conn)
@@ -286,6 +291,7 @@ class Hub:
             if channels:
                 conn.send_command("SUBSCRIBE", *channels, check_health=False)
         self.connected.set()
+        telemetry.HUB_CONNECTED.set(1)
         log.info("hub connected to Redis; subscribed to %d channels", len(channels))
 
     def _detach(self, conn: Any) -> None:
@@ -295,6 +301,7 @@ class Hub:
             self._subscribed.clear()
             self._pending.clear()
         self.connected.clear()
+        telemetry.HUB_CONNECTED.set(0)
         if conn is not None:
             conn.disconnect()
 
@@ -343,6 +350,7 @@ class Hub:
             if isinstance(tag, str):
                 self.close_session(user_id, tag)
             return
+        telemetry.DELIVERIES.inc(len(subs))
         for sub in list(subs):
             sub.offer(event)
 

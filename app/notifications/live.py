@@ -27,6 +27,7 @@ import gevent
 import gevent.event
 import gevent.pool
 
+from app import telemetry
 from app.notifications.events import Event
 from app.notifications.hub import Hub, Subscription
 
@@ -168,6 +169,7 @@ class LiveStream:
             self._writer.start(self._flush)
         elif self._queued + len(data) > self._streams.max_queued:
             log.info("user %s's stream fell %d bytes behind; closing it", self.sub.user_id, self._queued)
+            telemetry.SLOW_CLIENT_CUTOFFS.inc()
             self.close()
             return
         self._queue.append(data)
@@ -270,6 +272,7 @@ class Streams:
             self._work.set()
             raise
         self._by_write[stream] = None
+        telemetry.STREAMS_OPEN.inc()
         try:
             stream.write(head)
             stream.send_events(sub.attach(stream))
@@ -301,7 +304,9 @@ class Streams:
         self._by_write.move_to_end(stream)
 
     def release(self, stream: LiveStream) -> None:
-        self._by_write.pop(stream, None)
+        if stream in self._by_write:
+            del self._by_write[stream]
+            telemetry.STREAMS_OPEN.dec()
         self._released.append(stream.sub)
         self._work.set()
 
@@ -338,6 +343,7 @@ class Streams:
         open_streams = [s for s in streams if not s.closed]
         if not open_streams:
             return
+        telemetry.STORE_REREADS.inc()
         try:
             events = self._read_store(user_id, min(s.unseen.floor for s in open_streams))
         except Exception:

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 
+from app import telemetry
 from app.extensions import db, realtime
 from app.models import Notification, User
 from app.notifications.events import Event, channel_for, coalesce_key
@@ -66,6 +67,7 @@ def publish(user_id: int, event: Event) -> bool:
         realtime.redis.publish(channel_for(user_id), event.to_json())
     except redis.RedisError as exc:
         # The notification is stored: streams re-read the store when their hub reconnects.
+        telemetry.PUBLISH_FAILURES.inc()
         log.warning("could not publish %s to user %s: %s", event.name, user_id, exc)
         return False
     return True
@@ -82,8 +84,10 @@ def stored_events(user_id: int, since_id: int = 0) -> list[Event]:
 
 
 def _publish_committed(session: Session) -> None:
+    committed = time.perf_counter()
     for user_id, event in session.info.pop(_PENDING, ()):
-        publish(user_id, event)
+        if publish(user_id, event):
+            telemetry.COMMIT_TO_PUBLISH.observe(time.perf_counter() - committed)
 
 
 def _forget_rolled_back(session: Session, previous_transaction: Any) -> None:

@@ -1,6 +1,10 @@
 // Live progress bars for background tasks, driven by "task_progress" notifications.
 (function () {
   "use strict";
+  // The page is rendered without inline styles (CSP style-src 'self'): size the bars here.
+  document.querySelectorAll(".task .progress-bar[data-progress]").forEach(function (bar) {
+    bar.style.width = Math.max(0, Math.min(100, Number(bar.getAttribute("data-progress")) || 0)) + "%";
+  });
   document.addEventListener("tidings:task_progress", function (e) {
     var d = e.detail.data || {};
     var card = document.querySelector('.task[data-task-id="' + CSS.escape(String(d.task_id)) + '"]');

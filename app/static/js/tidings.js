@@ -8,7 +8,7 @@
     var badge = document.getElementById("message_count");
     if (!badge) return;
     badge.textContent = String(n);
-    badge.style.visibility = n ? "visible" : "hidden";
+    badge.classList.toggle("invisible", !n);
   }
   window.set_message_count = set_message_count;
 

@@ -1,0 +1,85 @@
+"""``/healthz`` (the process runs), ``/readyz`` (it can serve), ``/metrics`` (Prometheus text)."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import os
+
+import redis
+import sqlalchemy as sa
+from flask import Response, current_app, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client import REGISTRY as PROCESS_REGISTRY
+
+from app.errors import json_error
+from app.extensions import db, realtime
+from app.notifications.hub import StreamingUnavailable
+from app.ops import bp
+
+log = logging.getLogger(__name__)
+
+# How long /readyz waits for a hub that has just been started to connect.
+HUB_CONNECT_WAIT = 1.0
+
+
+@bp.route("/healthz")
+def healthz():
+    """200 while the process runs and serves requests."""
+    return jsonify(status="ok")
+
+
+@bp.route("/readyz")
+def readyz():
+    """200 when the database and Redis answer and this worker's hub is connected; else 503."""
+    problems = []
+    try:
+        db.session.execute(sa.text("SELECT 1"))
+    except sa.exc.SQLAlchemyError as exc:  # any driver error means "not ready", said with its cause
+        problems.append(f"database: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}")
+        db.session.rollback()
+    try:
+        realtime.redis.ping()
+    except redis.RedisError as exc:
+        problems.append(f"redis: {exc.__class__.__name__}: {exc}")
+    try:
+        hub = realtime.hub
+        hub.start()
+        if not hub.connected.wait(HUB_CONNECT_WAIT):
+            problems.append("hub: this worker's pub/sub connection to Redis is down")
+    except StreamingUnavailable as exc:
+        problems.append(f"hub: {exc}")
+    if problems:
+        log.warning("not ready: %s", "; ".join(problems))
+        response, status = json_error(503, "; ".join(problems))
+        response.status_code = status
+        return response
+    return jsonify(status="ready")
+
+
+@bp.route("/metrics")
+def metrics():
+    """Prometheus text for this host (every worker), to localhost or with the configured token."""
+    if not _may_read_metrics():
+        return json_error(403, "metrics are served to localhost, or with METRICS_TOKEN as a bearer token")
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = PROCESS_REGISTRY
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+def _may_read_metrics() -> bool:
+    token = current_app.config.get("METRICS_TOKEN")
+    offered = request.headers.get("Authorization", "")
+    if token and hmac.compare_digest(offered.encode(), f"Bearer {token}".encode()):
+        return True
+    # Straight from this host, not relayed by a proxy (which would add X-Forwarded-For).
+    if "X-Forwarded-For" in request.headers:
+        return False
+    try:
+        return ipaddress.ip_address(request.environ.get("REMOTE_ADDR", "")).is_loopback
+    except ValueError:
+        return False

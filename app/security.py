@@ -1,0 +1,55 @@
+"""Security headers on every response (flask-talisman), no caching of private pages, proxy headers.
+
+Talisman writes the CSP (``script-src 'self'``: the pages carry no inline script or style),
+``frame-ancestors 'none'`` with ``X-Frame-Options: DENY``, ``X-Content-Type-Options: nosniff``
+and a ``Referrer-Policy``. It neither redirects to HTTPS nor sends HSTS: TLS ends at the
+proxy in front (deploy/nginx/), which does both, and ``make run`` serves plain HTTP.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, Response, request
+from flask_talisman import Talisman
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+CONTENT_SECURITY_POLICY = {
+    "default-src": "'self'",
+    "script-src": "'self'",
+    "style-src": "'self'",
+    # Bootstrap draws its close buttons and toggler with data: SVGs.
+    "img-src": "'self' data:",
+    "connect-src": "'self'",
+    "object-src": "'none'",
+    "base-uri": "'self'",
+    "form-action": "'self'",
+    "frame-ancestors": "'none'",
+}
+
+# Responses that may be cached: static files (they set their own Cache-Control).
+_CACHEABLE_ENDPOINTS = frozenset({"static", "bootstrap.static"})
+
+
+def init_app(app: Flask) -> None:
+    """Install the headers, and ProxyFix for ``TRUSTED_PROXIES`` proxies in front."""
+    Talisman(
+        app,
+        force_https=False,
+        strict_transport_security=False,
+        frame_options="DENY",
+        content_security_policy=CONTENT_SECURITY_POLICY,
+        referrer_policy="strict-origin-when-cross-origin",
+        session_cookie_secure=app.config["SESSION_COOKIE_SECURE"],
+        session_cookie_http_only=True,
+        session_cookie_samesite=app.config["SESSION_COOKIE_SAMESITE"],
+    )
+    app.after_request(_no_store)
+    proxies = app.config["TRUSTED_PROXIES"]
+    if proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies, x_port=proxies)
+
+
+def _no_store(response: Response) -> Response:
+    """Pages and JSON answers are private (badge counts, CSRF tokens): never stored by a cache."""
+    if request.endpoint not in _CACHEABLE_ENDPOINTS and "Cache-Control" not in response.headers:
+        response.headers["Cache-Control"] = "no-store"
+    return response
