@@ -104,7 +104,8 @@ def test_metrics_are_served_to_localhost_only_unless_a_token_is_given(app, clien
     remote = {"REMOTE_ADDR": "192.0.2.7"}
 
     def read(token: str) -> int:
-        return client.get("/metrics", environ_base=remote, headers={"Authorization": f"Bearer {token}"}).status_code
+        bearer = {"Authorization": f"Bearer {token}"}
+        return client.get("/metrics", environ_base=remote, headers=bearer).status_code
 
     assert read("s3cret") == 200
     assert read("nope") == 403
