@@ -6,7 +6,7 @@ PORT ?= 8000
 
 BENCH_VENV ?= .venv-bench
 
-.PHONY: run test lint browser bench bench-quick clean
+.PHONY: run run-proxy nginx test lint browser bench bench-quick clean
 
 $(VENV)/.run-deps: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,6 +20,14 @@ $(VENV)/.dev-deps: $(VENV)/.run-deps requirements-dev.txt
 
 run: $(VENV)/.run-deps
 	@bash scripts/run.sh
+
+# `make run` behind Debian's nginx: TLS + HTTP/2 on https://127.0.0.1:8443 (deploy/nginx/).
+run-proxy: $(VENV)/.run-deps nginx
+	@TIDINGS_PROXY=1 bash scripts/run.sh
+
+# Debian's nginx (and openssl for the self-signed certificate); needs root, like `make browser`.
+nginx:
+	test -x /usr/sbin/nginx -a -x /usr/bin/openssl || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx openssl)
 
 test: $(VENV)/.dev-deps
 	$(PY) -m pytest $(PYTEST_ARGS)

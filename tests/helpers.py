@@ -22,16 +22,19 @@ def csrf_token(html: str) -> str:
 class WebUser:
     """One browser-like session against a live server (cookies, CSRF tokens)."""
 
-    def __init__(self, base_url: str, username: str, password: str = "correct horse") -> None:
+    def __init__(self, base_url: str, username: str, password: str = "correct horse", **options) -> None:
+        """``options`` go to the ``httpx.Client`` (e.g. ``http2=True, verify=False`` through nginx)."""
         self.base_url = base_url
         self.username = username
         self.password = password
-        self.http = httpx.Client(base_url=base_url, timeout=10, follow_redirects=False)
+        self.http = httpx.Client(base_url=base_url, timeout=10, follow_redirects=False, **options)
 
     def post_form(self, path: str, data: dict, form_page: str | None = None) -> httpx.Response:
         """GET the form's page for a CSRF token, then POST ``data``."""
         page = self.http.get(form_page or path)
-        return self.http.post(path, data={"csrf_token": csrf_token(page.text), **data})
+        # As a browser would: over HTTPS, Flask-WTF checks that the form came from this site.
+        referer = {"Referer": f"{self.base_url}{form_page or path}"}
+        return self.http.post(path, data={"csrf_token": csrf_token(page.text), **data}, headers=referer)
 
     def register(self, email: str | None = None) -> httpx.Response:
         """Register through the form."""

@@ -100,9 +100,11 @@ def _pings(client: redis.Redis) -> bool:
 
 
 # Where a log record starts: gunicorn's "[2026-…] [pid] [LEVEL]", logging's "2026-… LEVEL name:",
-# RQ's "12:00:00 …", or a bare traceback.
-_RECORD_START = re.compile(r"^(\[\d{4}-|\d{4}-\d\d-\d\d |\d\d:\d\d:\d\d )")
-_PROBLEM = re.compile(r"Traceback \(most recent call last\)|\[(ERROR|CRITICAL)\]|\b(ERROR|CRITICAL)\b")
+# RQ's "12:00:00 …", nginx's "2026/12/01 …".
+_RECORD_START = re.compile(r"^(\[\d{4}-|\d{4}-\d\d-\d\d |\d\d:\d\d:\d\d |\d{4}/\d\d/\d\d )")
+_PROBLEM = re.compile(
+    r"MonkeyPatchWarning|Traceback \(most recent call last\)|\[(ERROR|CRITICAL)\]|\b(ERROR|CRITICAL)\b|\[(error|crit|alert|emerg)\]"
+)
 
 
 def log_problems(text: str, allowed: list[re.Pattern]) -> list[str]:
@@ -197,6 +199,10 @@ class LiveServer(_Logged):
         except httpx.HTTPError:
             return False
 
+    def get(self, path: str, **options) -> httpx.Response:
+        """GET ``path`` straight from gunicorn."""
+        return httpx.get(self.url + path, timeout=5, **options)
+
     def workers(self) -> list[psutil.Process]:
         """The worker processes."""
         return self.children()
@@ -215,3 +221,59 @@ class WorkerProcess(_Logged):
     def horses(self) -> list[psutil.Process]:
         """The work-horse processes RQ forked for running jobs."""
         return self.children()
+
+
+class NginxServer(_Logged):
+    """Debian's nginx in the foreground with deploy/nginx/tidings.conf, TLS on a free port.
+
+    Its log is nginx's error log, so a test fails on an upstream error or a crit line.
+    """
+
+    def __init__(self, tmp: Path, upstreams: list[str]) -> None:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import nginx_conf
+
+        self.port = free_port()
+        self.prefix = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        cert, key = self.prefix / "cert.pem", self.prefix / "key.pem"
+        make_certificate(cert, key)
+        site = nginx_conf.render_site(upstreams, f"127.0.0.1:{self.port}", str(cert), str(key))
+        (self.prefix / "nginx.conf").write_text(nginx_conf.render_standalone(self.prefix, site))
+        self.command = ["nginx", "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf")]
+        (self.prefix / "error.log").touch()
+        super().__init__({}, self.prefix / "error.log")
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def _spawn(self) -> None:
+        _Logged.started.append(self)
+        self._log = open(self.prefix / "stdout.log", "ab")
+        self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def start(self) -> NginxServer:
+        self._spawn()
+        wait_until(self._ready, 20, f"nginx on {self.url} ({self.prefix})")
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"nginx exited: {(self.prefix / 'stdout.log').read_text()} {self.log()}")
+        try:
+            return httpx.get(self.url + "/healthz", verify=False, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+def make_certificate(cert: Path, key: Path) -> None:
+    """A self-signed certificate for 127.0.0.1 (openssl), made once."""
+    if cert.exists() and key.exists():
+        return
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )

@@ -11,7 +11,7 @@ import redis
 
 from tests.conftest import require_env, reset_database
 from tests.helpers import WebUser
-from tests.servers import LiveServer, migrate
+from tests.servers import LiveServer, NginxServer, migrate
 
 pytestmark = pytest.mark.integration
 
@@ -67,6 +67,17 @@ def server(server_env, tmp_path_factory):
     live = LiveServer(server_env, tmp_path_factory.mktemp("log") / "gunicorn.log").start()
     yield live
     live.stop()
+
+
+@pytest.fixture(scope="module")
+def proxied(sqlite_env, tmp_path_factory):
+    """gunicorn (trusting one proxy) behind Debian's nginx with deploy/nginx/tidings.conf."""
+    logs = tmp_path_factory.mktemp("proxied")
+    web = LiveServer({**sqlite_env, "TRUSTED_PROXIES": "1"}, logs / "gunicorn.log").start()
+    nginx = NginxServer(tmp_path_factory.mktemp("nginx"), [f"127.0.0.1:{web.port}"]).start()
+    yield web, nginx
+    nginx.stop()
+    web.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,88 @@
+"""The application factory: configuration, extensions, blueprints."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Engine
+
+from app.config import load_config
+from app.extensions import bootstrap, csrf, db, login, migrate, realtime
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the app: configuration from the environment, overridden by ``test_config``."""
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.from_mapping(load_config(app.instance_path))
+    if test_config:
+        app.config.from_mapping(test_config)
+    _engine_options(app)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    db.init_app(app)
+    migrate.init_app(app, db, render_as_batch=True)
+    login.init_app(app)
+    login.login_view = "auth.login"
+    login.login_message_category = "info"
+    csrf.init_app(app)
+    bootstrap.init_app(app)
+    realtime.init_app(app)
+
+    from app.notifications import store as notification_store
+
+    notification_store.init_app(app)
+
+    from app import auth, errors, main, messages, notifications, ops, security
+
+    app.register_blueprint(errors.bp)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(main.bp)
+    app.register_blueprint(messages.bp)
+    app.register_blueprint(notifications.bp)
+    app.register_blueprint(ops.bp)
+    security.init_app(app)
+
+    from app import cli, metrics
+
+    cli.init_app(app)
+    metrics.init_app(app)
+    _template_helpers(app)
+    return app
+
+
+def _engine_options(app: Flask) -> None:
+    """Pool settings per database: streams hold no connection, requests hold one briefly."""
+    uri = app.config["SQLALCHEMY_DATABASE_URI"]
+    options: dict[str, Any] = {"pool_pre_ping": True}
+    if uri.startswith("postgresql"):
+        options.update(pool_size=10, max_overflow=20, pool_timeout=10)
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", options)
+
+
+@sa_event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
+    """WAL lets readers run beside a writer; foreign keys are enforced as on PostgreSQL."""
+    module = type(dbapi_connection).__module__
+    if module.startswith("sqlite3"):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.close()
+
+
+def _template_helpers(app: Flask) -> None:
+    from flask_login import current_user
+
+    @app.context_processor
+    def navbar_state() -> dict[str, Any]:
+        """The badge count and the stream cursor every logged-in page starts from."""
+        if not current_user.is_authenticated:
+            return {}
+        return {
+            "unread_count": current_user.unread_message_count(),
+            "stream_cursor": current_user.latest_notification_id(),
+        }

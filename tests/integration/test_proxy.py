@@ -1,0 +1,202 @@
+"""Through a real nginx (deploy/nginx/tidings.conf): TLS + HTTP/2, unbuffered streams, slow
+bodies held by nginx, headers, readiness and metrics."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import httpx
+import pytest
+import redis
+
+from tests.helpers import WebUser
+from tests.servers import LiveServer, NginxServer, RedisServer, wait_until
+
+_names = iter(range(10**6))
+
+
+def user(url: str, prefix: str, **options) -> WebUser:
+    """A fresh user, registered and logged in at ``url``."""
+    u = WebUser(url, f"{prefix}{next(_names)}", **options)
+    assert u.register().status_code == 302
+    return u.login()
+
+
+def h2_user(nginx: NginxServer, prefix: str) -> WebUser:
+    return user(nginx.url, prefix, http2=True, verify=False)
+
+
+def read_event(lines, name: str) -> dict:
+    """The data of the next SSE event called ``name`` from an iterator of lines."""
+    for line in lines:
+        if line == f"event: {name}":
+            return json.loads(next(lines).removeprefix("data: "))
+    raise AssertionError("the stream ended")
+
+
+def test_a_stream_over_tls_and_http2_gets_its_events(proxied):
+    web, nginx = proxied
+    alice, bob = h2_user(nginx, "h2a"), h2_user(nginx, "h2b")
+    with bob.http.stream("GET", "/stream", headers={"Accept": "text/event-stream"}) as r:
+        assert r.status_code == 200 and r.http_version == "HTTP/2"
+        assert r.headers["content-type"].startswith("text/event-stream")
+        assert "strict-transport-security" in r.headers
+        lines = r.iter_lines()
+        assert next(lines) == "retry: 500"
+        assert alice.send(bob.username, "over HTTP/2").status_code == 302
+        assert read_event(lines, "unread_message_count")["data"] == 1
+        assert read_event(lines, "new_message")["data"]["preview"] == "over HTTP/2"
+    assert alice.http.get("/auth/login").http_version == "HTTP/2"
+
+
+def test_events_pass_nginx_unbuffered_one_by_one(proxied, redis_url):
+    web, nginx = proxied
+    bob = h2_user(nginx, "unbuf")
+    uid = _user_id(web, bob)
+    r = redis.Redis.from_url(redis_url)
+    with bob.http.stream("GET", "/stream") as resp:
+        lines = resp.iter_lines()
+        assert next(lines) == "retry: 500"
+        for i in range(20):
+            # Each event must arrive before the next is published: a buffering proxy would hold
+            # these small frames back until its buffer filled or the stream ended.
+            r.publish(f"notifications:{uid}", json.dumps({"name": "announcement", "data": i}))
+            assert read_event(lines, "announcement")["data"] == i
+
+
+def _user_id(web: LiveServer, u: WebUser) -> int:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(web.env["DATABASE_URL"])
+    with engine.connect() as conn:
+        uid = conn.execute(sa.text('SELECT id FROM "user" WHERE username = :u'), {"u": u.username}).scalar()
+    engine.dispose()
+    return uid
+
+
+def test_pages_through_nginx_carry_hsts_and_the_apps_headers_and_static_files_come_from_nginx(proxied):
+    web, nginx = proxied
+    client = httpx.Client(base_url=nginx.url, http2=True, verify=False)
+    page = client.get("/auth/login")
+    assert page.headers["strict-transport-security"].startswith("max-age=")
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["cache-control"] == "no-store"
+    static = client.get("/static/js/tidings.js")
+    assert static.status_code == 200 and "expires" in static.headers
+    assert "/static/js/tidings.js" not in web.log(), "nginx serves static files itself"
+    assert client.get("/metrics").status_code == 404, "metrics are not public"
+    client.close()
+
+
+def test_the_app_knows_the_browser_speaks_https_through_the_proxy(proxied):
+    # ProxyFix trusts nginx's X-Forwarded-Proto, so Flask-WTF applies its HTTPS rule: a form
+    # posted without this site as its Referer is refused (a browser always sends it).
+    from tests.helpers import csrf_token
+
+    web, nginx = proxied
+    client = httpx.Client(base_url=nginx.url, http2=True, verify=False)
+    token = csrf_token(client.get("/auth/login").text)
+    form = {"csrf_token": token, "username": "nobody", "password": "x"}
+    refused = client.post("/auth/login", data=form)
+    assert refused.status_code == 400 and "not sent from this site" in refused.text
+    allowed = client.post("/auth/login", data=form, headers={"Referer": f"{nginx.url}/auth/login"})
+    assert allowed.status_code == 200 and "Invalid username or password" in allowed.text
+    client.close()
+
+
+def slow_bodies(port: int, count: int) -> list[socket.socket]:
+    """``count`` connections that start a POST and send one byte of its body."""
+    socks = []
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(
+            b"POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 10000\r\n\r\nu"
+        )
+        socks.append(s)
+    return socks
+
+
+def test_nginx_holds_slow_request_bodies_so_pages_stay_up(sqlite_env, tmp_path):
+    # One worker serving 20 requests at once: 40 slow bodies fill it when it is served directly.
+    env = {**sqlite_env, "TRUSTED_PROXIES": "1", "WEB_CONCURRENCY": "1", "WORKER_CONNECTIONS": "20"}
+    web = LiveServer(env, tmp_path / "gunicorn.log").start()
+    nginx = NginxServer(tmp_path / "nginx", [f"127.0.0.1:{web.port}"]).start()
+    try:
+        direct = slow_bodies(web.port, 40)
+        with pytest.raises(httpx.TimeoutException):
+            httpx.get(web.url + "/", timeout=3)  # the attack works against gunicorn alone
+        for s in direct:
+            s.close()
+        wait_until(lambda: _answers(web.url + "/"), 15, "gunicorn to recover once the sockets close")
+
+        held = slow_bodies(nginx.port, 40)  # nginx's client: TLS is not even needed to try
+        try:
+            assert httpx.get(nginx.url + "/", verify=False, timeout=3).status_code == 200
+        finally:
+            for s in held:
+                s.close()
+    finally:
+        nginx.stop()
+        web.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_readyz_is_503_while_redis_is_stopped_and_200_after_it_returns(sqlite_env, tmp_path):
+    own_redis = RedisServer(tmp_path).start()
+    env = {**sqlite_env, "REDIS_URL": own_redis.url, "WEB_CONCURRENCY": "1"}
+    web = LiveServer(env, tmp_path / "gunicorn.log").start()
+    try:
+        assert web.get("/readyz").status_code == 200
+        assert web.get("/healthz").status_code == 200
+        own_redis.kill()
+        down = wait_until(lambda: _status(web, "/readyz", 503), 10, "/readyz to report Redis gone")
+        assert "redis" in down.json()["error"]
+        assert web.get("/healthz").status_code == 200, "alive, just not ready"
+        own_redis.start()
+        wait_until(lambda: _status(web, "/readyz", 200), 15, "/readyz to recover with Redis")
+    finally:
+        web.stop()
+        own_redis.kill()
+
+
+def _status(web: LiveServer, path: str, status: int) -> httpx.Response | None:
+    r = web.get(path)
+    return r if r.status_code == status else None
+
+
+def test_metrics_count_an_open_stream_and_a_delivery(sqlite_env, tmp_path):
+    web = LiveServer(sqlite_env, tmp_path / "gunicorn.log").start()
+    try:
+        _count_a_stream_and_a_delivery(web)
+    finally:
+        web.stop()
+
+
+def _count_a_stream_and_a_delivery(web: LiveServer) -> None:
+    alice, bob = user(web.url, "ma"), user(web.url, "mb")
+
+    def value(name: str) -> float:
+        text = web.get("/metrics").text
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+    assert value("tidings_streams_open") == 0 and value("tidings_deliveries_total") == 0
+    s = bob.stream()
+    assert s.next_block().retry == "500"
+    assert value("tidings_streams_open") == 1
+    assert value("tidings_channels_subscribed") == 1
+    assert alice.send(bob.username, "counted").status_code == 302
+    assert s.next_event("unread_message_count").json["data"] == 1
+    assert value("tidings_deliveries_total") == 2  # the count and the toast
+    assert "tidings_commit_to_publish_seconds_bucket" in web.get("/metrics").text
+    s.close()
+    wait_until(lambda: value("tidings_streams_open") == 0, 5, "the closed stream to be uncounted")
+    assert value("tidings_channels_subscribed") == 0
