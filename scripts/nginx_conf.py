@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--cert", required=True)
     parser.add_argument("--key", required=True)
     parser.add_argument("--server-name", default="_")
-    parser.add_argument("--site", action="store_true", help="only the site file, for /etc/nginx/sites-available")
+    parser.add_argument("--site", action="store_true", help="only the site file (sites-available)")
     parser.add_argument("--prefix", type=Path, help="standalone: where pid, logs and temp files go")
     parser.add_argument("--access-log", default="off")
     args = parser.parse_args()

@@ -103,7 +103,8 @@ def _pings(client: redis.Redis) -> bool:
 # RQ's "12:00:00 …", nginx's "2026/12/01 …".
 _RECORD_START = re.compile(r"^(\[\d{4}-|\d{4}-\d\d-\d\d |\d\d:\d\d:\d\d |\d{4}/\d\d/\d\d )")
 _PROBLEM = re.compile(
-    r"MonkeyPatchWarning|Traceback \(most recent call last\)|\[(ERROR|CRITICAL)\]|\b(ERROR|CRITICAL)\b|\[(error|crit|alert|emerg)\]"
+    r"MonkeyPatchWarning|Traceback \(most recent call last\)"
+    r"|\[(ERROR|CRITICAL)\]|\b(ERROR|CRITICAL)\b|\[(error|crit|alert|emerg)\]"
 )
 
 
