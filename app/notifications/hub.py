@@ -241,7 +241,25 @@ class Hub:
     def start(self) -> None:
         """Start the listener and pinger (idempotent); the first subscribe does it too."""
         if not self._greenlets:
-            self._greenlets = [gevent.spawn(self._listen), gevent.spawn(self._ping)]
+            self._greenlets = [self._spawn_listener(), gevent.spawn(self._ping)]
+
+    def stop(self) -> None:
+        """Stop listening and pinging, without closing streams (tests; see ``shutdown``)."""
+        self._stopping = True
+        gevent.killall(self._greenlets)
+        self._greenlets = []
+
+    def _spawn_listener(self) -> gevent.Greenlet:
+        listener = gevent.spawn(self._listen)
+        listener.link_exception(self._listener_died)
+        return listener
+
+    def _listener_died(self, listener: gevent.Greenlet) -> None:
+        # Nothing a message carries can get here (see _listen); if something does, delivery
+        # must not stop: a new listener reconnects, and every stream re-reads the store.
+        log.error("hub listener died (%r); starting a new one", listener.exception)
+        if not self._stopping and self._greenlets and self._greenlets[0] is listener:
+            self._greenlets[0] = self._spawn_listener()
 
     def _send(self, *args: str) -> None:
         with self._write_lock:
@@ -271,7 +289,10 @@ class Hub:
                 while not self._stopping:
                     reply = conn.read_response()
                     delay = self.min_backoff
-                    self.handle_reply(reply)
+                    try:
+                        self.handle_reply(reply)
+                    except Exception:  # one reply must never end delivery for every stream
+                        log.exception("hub dropped a reply it could not handle")
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 telemetry.HUB_RECONNECTS.inc()
                 log.warning("hub lost Redis (%s); reconnecting in %.1fs", exc, delay)

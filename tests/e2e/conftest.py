@@ -7,7 +7,14 @@ import os
 import pytest
 
 from tests.conftest import IN_CI
-from tests.integration.conftest import make_user, redis_url, server, server_env  # noqa: F401
+from tests.integration.conftest import (  # noqa: F401
+    make_user,
+    proxied,
+    redis_url,
+    server,
+    server_env,
+    sqlite_env,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import itertools
-import os
-from pathlib import Path
 
 import pytest
 import redis
 
 from tests.conftest import require_env, reset_database
 from tests.helpers import WebUser
-from tests.servers import LiveServer, NginxServer, migrate
+from tests.servers import LiveServer, NginxServer, make_server_env
 
 pytestmark = pytest.mark.integration
 
@@ -24,22 +22,6 @@ def redis_url() -> str:
     url = require_env("TEST_REDIS_URL", "Redis integration")
     redis.Redis.from_url(url).flushdb()
     return url
-
-
-def make_server_env(tmp: Path, database_url: str, redis_url: str) -> dict[str, str]:
-    """Environment for a server on a migrated database and the test Redis (``_TMP``: its folder)."""
-    env = {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "SECRET_KEY": "integration-secret",
-        "WEB_CONCURRENCY": "2",
-        "SSE_HEARTBEAT_SECONDS": "1",
-        "SSE_RETRY_MS": "500",
-        "EXPORT_DIR": str(tmp / "exports"),
-    }
-    migrate({**os.environ, **env})
-    env["_TMP"] = str(tmp)
-    return env
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

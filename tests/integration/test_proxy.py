@@ -4,13 +4,13 @@ bodies held by nginx, headers, readiness and metrics."""
 from __future__ import annotations
 
 import json
-import socket
+import ssl
 
 import httpx
 import pytest
 import redis
 
-from tests.helpers import WebUser
+from tests.helpers import WebUser, slow_bodies
 from tests.servers import LiveServer, NginxServer, RedisServer, wait_until
 
 _names = iter(range(10**6))
@@ -105,19 +105,6 @@ def test_the_app_knows_the_browser_speaks_https_through_the_proxy(proxied):
     client.close()
 
 
-def slow_bodies(port: int, count: int) -> list[socket.socket]:
-    """``count`` connections that start a POST and send one byte of its body."""
-    socks = []
-    for _ in range(count):
-        s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(
-            b"POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
-            b"Content-Length: 10000\r\n\r\nu"
-        )
-        socks.append(s)
-    return socks
-
-
 def test_nginx_holds_slow_request_bodies_so_pages_stay_up(sqlite_env, tmp_path):
     # One worker serving 20 requests at once: 40 slow bodies fill it when it is served directly.
     env = {**sqlite_env, "TRUSTED_PROXIES": "1", "WEB_CONCURRENCY": "1", "WORKER_CONNECTIONS": "20"}
@@ -131,9 +118,13 @@ def test_nginx_holds_slow_request_bodies_so_pages_stay_up(sqlite_env, tmp_path):
             s.close()
         wait_until(lambda: _answers(web.url + "/"), 15, "gunicorn to recover once the sockets close")
 
-        held = slow_bodies(nginx.port, 40)  # nginx's client: TLS is not even needed to try
+        held = slow_bodies(nginx.port, 40, tls=True)
         try:
             assert httpx.get(nginx.url + "/", verify=False, timeout=3).status_code == 200
+            for s in held:  # nginx still holds them: they are waiting for their bodies, not refused
+                s.setblocking(False)
+                with pytest.raises(ssl.SSLWantReadError):
+                    s.recv(1)
         finally:
             for s in held:
                 s.close()

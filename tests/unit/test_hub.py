@@ -57,8 +57,7 @@ def hub(conns):
 
     hub = Hub(connect, ping_interval=60, subscribe_timeout=1, min_backoff=0.01, max_backoff=0.05)
     yield hub
-    hub._stopping = True
-    gevent.killall(hub._greenlets)
+    hub.stop()
 
 
 def publish(conn: ScriptedPubSub, user_id: int, event: Event | bytes) -> None:
@@ -168,8 +167,7 @@ def test_subscribe_while_redis_is_away_returns_and_catches_up_later(conns):
     gevent.sleep(0)
     assert conns[0].commands("SUBSCRIBE") == [("SUBSCRIBE", "notifications:7")]
     assert sub.resync, "what was published while away is read from the store"
-    hub._stopping = True
-    gevent.killall(hub._greenlets)
+    hub.stop()
 
 
 def test_shutdown_closes_every_stream(hub):
