@@ -32,23 +32,31 @@ def init_app(app: Flask) -> None:
     @click.argument("data")
     def notify_command(username: str, name: str, data: str) -> None:
         """Store and publish notification NAME with JSON DATA for USERNAME."""
-        from app.notifications.events import Event
+        from app.notifications.kinds import NotificationRefused
         from app.notifications.store import notify
 
         user = db.session.scalar(sa.select(User).where(User.username == username))
         if user is None:
             raise click.ClickException(f"no user named {username!r}")
         try:
-            payload = json.loads(data, parse_constant=_reject)
+            payload = json.loads(data, parse_constant=_reject, parse_float=_finite)
+        except RecursionError:
+            raise click.ClickException("DATA is nested too deeply") from None
         except ValueError as exc:
             raise click.ClickException(f"DATA is not valid JSON: {exc}") from None
         try:
-            Event.from_json(json.dumps({"name": name}))
-        except ValueError:
-            raise click.ClickException(f"{name!r} is not a usable notification name") from None
-        event = notify(user, name, payload)
+            event = notify(user, name, payload)
+        except NotificationRefused as exc:
+            raise click.ClickException(str(exc)) from None
         click.echo(f"stored and published notification {event.id} ({name}) for {username}")
 
 
 def _reject(token: str):
     raise ValueError(f"{token} is not allowed")
+
+
+def _finite(token: str) -> float:
+    value = float(token)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{token[:20]} is out of range (numbers must be finite)")
+    return value

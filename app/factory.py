@@ -82,7 +82,10 @@ def _template_helpers(app: Flask) -> None:
         """The badge count and the stream cursor every logged-in page starts from."""
         if not current_user.is_authenticated:
             return {}
+        from app.notifications.kinds import KINDS
+
         return {
             "unread_count": current_user.unread_message_count(),
             "stream_cursor": current_user.latest_notification_id(),
+            "event_kinds": " ".join(KINDS),
         }

@@ -119,7 +119,7 @@ class Notification(db.Model):
     """The latest notification of one kind for one user.
 
     ``key`` is what a new notification replaces: the name, except for events that
-    belong to one of several things (a task's progress), see ``events.coalesce_key``.
+    belong to one of several things (a task's progress), see ``kinds.Kind.key``.
     The id comes from an autoincrement sequence, so it only grows, even on SQLite
     where a plain rowid would be reused after the newest row is replaced.
     """

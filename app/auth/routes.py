@@ -16,7 +16,8 @@ from app.auth.sessions import end_login_session, start_login_session
 from app.extensions import db
 from app.models import User
 from app.notifications.events import Event
-from app.notifications.hub import SESSION_ENDED, session_tag
+from app.notifications.hub import session_tag
+from app.notifications.kinds import SESSION_ENDED
 from app.notifications.store import publish
 
 

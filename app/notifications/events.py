@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.notifications.kinds import key_of
+
 CHANNEL_PREFIX = "notifications:"
 CHANNEL_PATTERN = CHANNEL_PREFIX + "*"
 # A notification is a badge count or a toast: anything bigger on a channel is refused.
@@ -27,13 +29,6 @@ def user_id_from_channel(channel: str) -> int | None:
     return int(tail) if tail.isdigit() else None
 
 
-def coalesce_key(name: str, data: Any) -> str:
-    """What a notification replaces: the latest per name, but per task for task progress."""
-    if name == "task_progress" and isinstance(data, dict) and data.get("task_id"):
-        return f"task_progress:{data['task_id']}"
-    return name
-
-
 @dataclass(frozen=True, slots=True)
 class Event:
     """One notification as it travels: JSON on Redis and in /notifications, SSE on /stream.
@@ -51,9 +46,9 @@ class Event:
 
     @property
     def key(self) -> str:
-        """The coalescing key (see ``coalesce_key``)."""
+        """What this notification replaces in the store (see ``kinds.Kind.key``)."""
         if self._key is None:
-            object.__setattr__(self, "_key", coalesce_key(self.name, self.data))
+            object.__setattr__(self, "_key", key_of(self.name, self.data))
         return self._key
 
     def to_dict(self) -> dict[str, Any]:

@@ -26,11 +26,10 @@ from redis.retry import Retry
 
 from app import telemetry
 from app.notifications.events import Event, channel_for, user_id_from_channel
+from app.notifications.kinds import SESSION_ENDED
 
 log = logging.getLogger(__name__)
 
-# A channel message with this name closes the streams of one login instead of being forwarded.
-SESSION_ENDED = "session_ended"
 
 
 class StreamingUnavailable(RuntimeError):

@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 from app import telemetry
 from app.extensions import db, realtime
 from app.models import Notification, User
-from app.notifications.events import Event, channel_for, coalesce_key
+from app.notifications.events import MAX_MESSAGE_BYTES, Event, channel_for
+from app.notifications.kinds import NotificationRefused, declared
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,15 @@ def lock_user(user_id: int) -> None:
 def store(user: User, name: str, data: Any) -> Event:
     """Add ``user``'s notification ``name`` to the session; it is published after commit.
 
+    NotificationRefused (nothing added) for an undeclared or reserved name, or data that
+    cannot be sent on.
+
     The user's row is locked first, so notifications of one user commit in id order
     (PostgreSQL); SQLite serialises writers anyway.
     """
-    payload = json.dumps(data, allow_nan=False)
-    key = coalesce_key(name, data)
+    kind = declared(name)
+    payload = encode(data)
+    key = kind.key(data)
     lock_user(user.id)
     db.session.execute(
         sa.delete(Notification).where(Notification.user_id == user.id, Notification.key == key)
@@ -52,6 +57,19 @@ def store(user: User, name: str, data: Any) -> Event:
     event = Event(name=name, data=data, timestamp=row.timestamp, id=row.id)
     db.session.info.setdefault(_PENDING, []).append((user.id, event))
     return event
+
+
+def encode(data: Any) -> str:
+    """``data`` as the JSON a browser gets; NotificationRefused if it cannot be."""
+    try:
+        payload = json.dumps(data, allow_nan=False)
+    except (ValueError, TypeError) as exc:
+        raise NotificationRefused(f"the data cannot be sent as JSON: {exc}") from None
+    except RecursionError:
+        raise NotificationRefused("the data is nested too deeply") from None
+    if len(payload) > MAX_MESSAGE_BYTES - 1024:
+        raise NotificationRefused(f"the data is {len(payload)} bytes of JSON; at most {MAX_MESSAGE_BYTES - 1024}")
+    return payload
 
 
 def notify(user: User, name: str, data: Any) -> Event:

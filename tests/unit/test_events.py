@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from app.notifications.events import Event, channel_for, coalesce_key, user_id_from_channel
+from app.notifications.events import Event, channel_for, user_id_from_channel
+from app.notifications.kinds import key_of
 from app.notifications.live import Unseen
 
 
@@ -65,8 +66,8 @@ def test_channels_and_keys():
     assert channel_for(12) == "notifications:12"
     assert user_id_from_channel("notifications:12") == 12
     assert user_id_from_channel("notifications:x") is None and user_id_from_channel("other:1") is None
-    assert coalesce_key("unread_message_count", 3) == "unread_message_count"
-    assert coalesce_key("task_progress", {"task_id": "ab"}) == "task_progress:ab"
+    assert key_of("unread_message_count", 3) == "unread_message_count"
+    assert key_of("task_progress", {"task_id": "ab"}) == "task_progress:ab"
 
 
 def test_unseen_sends_each_id_once_and_nothing_below_the_cursor():

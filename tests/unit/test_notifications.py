@@ -86,8 +86,8 @@ def test_send_succeeds_and_warns_when_redis_is_down(client, auth, users, app, ca
 def test_notifications_since_returns_newer_ones_oldest_first(client, auth, users, app):
     with app.app_context():
         bob = db.session.get(User, users["bob"])
-        a = notify(bob, "first", 1)
-        b = notify(bob, "second", {"x": [1, 2]})
+        a = notify(bob, "announcement", "first")
+        b = notify(bob, "build_finished", {"x": [1, 2]})
     auth.login("bob")
     body = client.get("/notifications?since=0").get_json()
     assert body == [a.to_dict(), b.to_dict()]
@@ -145,7 +145,7 @@ def test_cli_notify_stores_and_publishes(runner, users, fake_redis, app):
         (["notify", "nobody", "x", "1"], "no user named 'nobody'"),
         (["notify", "bob", "x", "{not json"], "not valid JSON"),
         (["notify", "bob", "x", "NaN"], "not valid JSON"),
-        (["notify", "bob", "bad\nname", "1"], "not a usable notification name"),
+        (["notify", "bob", "bad\nname", "1"], "not a declared notification kind"),
     ],
 )
 def test_cli_notify_errors_are_clear_and_nonzero(runner, users, args, message, app):
@@ -160,3 +160,27 @@ def test_flask_shell_knows_db_and_models(app):
         context = app.make_shell_context()
     for name in ("db", "User", "Message", "Notification", "Task"):
         assert name in context
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("build_finished", "{}", None),
+        ("deploy_done", "{}", "not a declared notification kind"),
+        ("session_ended", '{"session": "x"}', "is reserved"),
+        ("announcement", "1e999", "out of range"),
+        ("announcement", "NaN", "not allowed"),
+        ("announcement", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("announcement", '"' + "x" * 70_000 + '"', "bytes of JSON"),
+    ],
+    ids=["declared", "undeclared", "reserved", "1e999", "NaN", "deep", "too big"],
+)
+def test_flask_notify_refuses_what_must_not_be_stored_with_a_message(runner, app, users, name, data, message):
+    result = runner.invoke(args=["notify", "bob", name, data])
+    if message is None:
+        assert result.exit_code == 0, result.output
+        return
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+    with app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count(Notification.id))) == 0, "nothing half-written"

@@ -64,6 +64,7 @@
   var pollUrl = body.getAttribute("data-poll-url");
   var loginUrl = body.getAttribute("data-login-url");
   var lastId = body.getAttribute("data-last-event-id") || "0";
+  var eventKinds = (body.getAttribute("data-event-kinds") || "").split(" ").filter(Boolean);
   var retryDelay = 1000;
   var source = null;
 
@@ -81,9 +82,8 @@
 
   function connect() {
     source = new EventSource(streamUrl + "?last_event_id=" + encodeURIComponent(lastId));
-    ["unread_message_count", "new_message", "task_progress", "announcement"].forEach(function (name) {
-      source.addEventListener(name, onEvent);
-    });
+    // Every kind the server declares (app/notifications/kinds.py), not a list kept here.
+    eventKinds.forEach(function (name) { source.addEventListener(name, onEvent); });
     source.onmessage = onEvent;
     source.onopen = function () {
       retryDelay = 1000;
