@@ -44,15 +44,27 @@ def _secret_key(instance_path: Path) -> str:
     return key
 
 
+# Every rate limit, as Flask-Limiter's strings ("N per second|minute|hour|day", ";" between several).
+RATE_LIMITS = {
+    "LOGIN_RATE_PER_ADDRESS": "30 per minute",  # login attempts from one client address
+    "LOGIN_RATE_PER_ACCOUNT": "10 per minute",  # login attempts naming one account, from anywhere
+    "REGISTER_RATE": "10 per hour",  # registrations from one client address
+    "SEND_RATE": "30 per minute",  # private messages one user sends
+    "EXPORT_RATE": "10 per hour",  # exports one user starts
+    "STREAM_RATE": "120 per minute",  # /stream connections one user opens
+}
+
+
 def load_config(instance_path: str) -> dict:
     """Build the app's configuration from the environment."""
     instance = Path(instance_path)
     instance.mkdir(parents=True, exist_ok=True)
     production = os.environ.get("APP_ENV") == "production"
+    redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
     return {
         "SECRET_KEY": _secret_key(instance),
         "SQLALCHEMY_DATABASE_URI": os.environ.get("DATABASE_URL") or f"sqlite:///{instance / 'tidings.db'}",
-        "REDIS_URL": os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
+        "REDIS_URL": redis_url,
         "SSE_HEARTBEAT_SECONDS": _int_env("SSE_HEARTBEAT_SECONDS", 15),
         "SSE_RETRY_MS": _int_env("SSE_RETRY_MS", 3000),
         # Open streams one worker holds before answering 503; 0: what its open-files limit allows.
@@ -75,6 +87,15 @@ def load_config(instance_path: str) -> dict:
         "REMEMBER_COOKIE_HTTPONLY": True,
         # Proxies in front whose X-Forwarded-* headers are trusted (1 behind nginx; 0: none).
         "TRUSTED_PROXIES": _int_env("TRUSTED_PROXIES", 0, minimum=0),
+        # Rate limits (Flask-Limiter, counted in Redis): RATELIMIT_ENABLED=0 turns them all off.
+        "RATELIMIT_ENABLED": os.environ.get("RATELIMIT_ENABLED", "1") != "0",
+        "RATELIMIT_STORAGE_URI": os.environ.get("RATELIMIT_STORAGE_URI") or redis_url,
+        "RATELIMIT_KEY_PREFIX": "tidings-limits",
+        "RATELIMIT_HEADERS_ENABLED": True,
+        "RATELIMIT_HEADER_RETRY_AFTER_VALUE": "delta-seconds",
+        # Redis away: let requests through rather than answer 500 (and log it).
+        "RATELIMIT_SWALLOW_ERRORS": True,
+        **{name: os.environ.get(name) or default for name, default in RATE_LIMITS.items()},
         # A bearer token that opens /metrics to other hosts (localhost may always read it).
         "METRICS_TOKEN": os.environ.get("METRICS_TOKEN") or None,
     }

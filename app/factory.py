@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 
 from app.config import load_config
 from app.extensions import bootstrap, csrf, db, login, migrate, realtime
+from app.limits import limiter
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -28,6 +29,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     login.login_view = "auth.login"
     login.login_message_category = "info"
     csrf.init_app(app)
+    limiter.init_app(app)
     bootstrap.init_app(app)
     realtime.init_app(app)
 

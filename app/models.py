@@ -12,6 +12,7 @@ from flask import current_app
 from flask_login import UserMixin
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from app.blocking import off_the_loop
 from app.extensions import db, login
 
 
@@ -50,18 +51,25 @@ class User(UserMixin, db.Model):
     last_seen: so.Mapped[datetime] = so.mapped_column(UTCDateTime(), default=utcnow)
     last_message_read_time: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime())
 
+    # The login (see ``Login``) this user object was loaded through; Flask-Login's id for it.
+    login_token = None  # not a column (no annotation): set per loaded instance
+
     def __repr__(self) -> str:
         return f"<User {self.username}>"
 
+    def get_id(self) -> str | None:
+        """What the session and remember-me cookies carry: the login's token, never the user id,
+        so revoking the login revokes both cookies, copies included."""
+        return self.login_token
+
     def set_password(self, password: str) -> None:
-        """Store a salted hash of ``password``."""
-        self.password_hash = generate_password_hash(
-            password, method=current_app.config.get("PASSWORD_HASH_METHOD", "scrypt")
-        )
+        """Store a salted hash of ``password`` (hashed off the event loop)."""
+        method = current_app.config.get("PASSWORD_HASH_METHOD", "scrypt")
+        self.password_hash = off_the_loop(generate_password_hash, password, method)
 
     def check_password(self, password: str) -> bool:
-        """Whether ``password`` matches the stored hash."""
-        return check_password_hash(self.password_hash, password)
+        """Whether ``password`` matches the stored hash (hashed off the event loop)."""
+        return off_the_loop(check_password_hash, self.password_hash, password)
 
     def unread_message_count(self) -> int:
         """Messages received since the inbox was last read."""
@@ -78,13 +86,37 @@ class User(UserMixin, db.Model):
         )
 
 
+class Login(db.Model):
+    """One login: a browser's session (and remember-me cookie), until it is revoked.
+
+    The cookies carry ``token``; every request looks it up, so a revoked login stops working
+    at once on every worker and host, copied cookies included.
+    """
+
+    __tablename__ = "login"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    token: so.Mapped[str] = so.mapped_column(sa.String(64), unique=True)
+    user_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey(User.id), index=True)
+    created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime())
+
+    user: so.Mapped[User] = so.relationship()
+
+
 @login.user_loader
-def load_user(user_id: str) -> User | None:
-    """Flask-Login hook: the user stored in the session, if it still exists."""
-    try:
-        return db.session.get(User, int(user_id))
-    except (TypeError, ValueError):
+def load_user(token: str) -> User | None:
+    """Flask-Login hook: the user of a login that has not been revoked."""
+    if not isinstance(token, str) or len(token) > 64:
         return None
+    row = db.session.execute(
+        sa.select(User)
+        .join(Login, Login.user_id == User.id)
+        .where(Login.token == token, Login.revoked_at.is_(None))
+    ).scalar_one_or_none()
+    if row is not None:
+        row.login_token = token
+    return row
 
 
 class Message(db.Model):

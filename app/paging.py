@@ -14,6 +14,7 @@ MAX_PAGE = 10**6
 def paginate(query: Select, per_page: int) -> Pagination:
     """One page of ``query``; a page that is not a number from 1 to MAX_PAGE is 404."""
     raw = request.args.get("page", "1")
-    if not raw.isdigit() or len(raw) > 9 or not 1 <= int(raw) <= MAX_PAGE:
+    # isdigit() alone admits "²" and "①", which int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9 or not 1 <= int(raw) <= MAX_PAGE:
         abort(404, "There is no such page.")
     return db.paginate(query, page=int(raw), per_page=per_page, error_out=True)

@@ -255,6 +255,8 @@ class Bench:
             "EXPORT_DIR": str(self.tmp / "exports"),
             # Flask-SSE and the floor hold a greenlet per stream: let every server take them all.
             "WORKER_CONNECTIONS": "25000",
+            # A load test: thousands of streams per user and sends per second (CONTRACT).
+            "RATELIMIT_ENABLED": "0",
         }
         subprocess.run(
             [BIN / "flask", "--app", "wsgi", "db", "upgrade"],

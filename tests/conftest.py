@@ -80,6 +80,7 @@ def config(database_url, tmp_path) -> dict:
         "PASSWORD_HASH_METHOD": "pbkdf2:sha256:1000",
         "EXPORT_DIR": str(tmp_path / "exports"),
         "REDIS_URL": "redis://127.0.0.1:1/0",  # replaced by fakeredis below
+        "RATELIMIT_STORAGE_URI": "memory://",
     }
 
 
@@ -138,8 +139,8 @@ class AuthActions:
         return self._client.post("/auth/login", data=data)
 
     def logout(self):
-        """Log out."""
-        return self._client.get("/auth/logout")
+        """Log out (the form's POST)."""
+        return self._client.post("/auth/logout")
 
 
 @pytest.fixture

@@ -55,6 +55,10 @@ class WebUser:
         assert r.status_code == 302, r.text
         return self
 
+    def logout(self) -> httpx.Response:
+        """Log out with the navbar's form (a POST with its CSRF token)."""
+        return self.post_form("/auth/logout", {}, form_page="/")
+
     def send(self, recipient: str, text: str) -> httpx.Response:
         """Send a private message through the form."""
         return self.post_form(f"/send_message/{recipient}", {"message": text})

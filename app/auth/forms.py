@@ -62,3 +62,9 @@ class LoginForm(FlaskForm):
     password = PasswordField("Password", validators=[DataRequired(), Length(max=256)])
     remember_me = BooleanField("Remember me")
     submit = SubmitField("Log in")
+
+
+class LogoutForm(FlaskForm):
+    """Log out (a POST with a CSRF token: no other site can log you out)."""
+
+    submit = SubmitField("Log out")

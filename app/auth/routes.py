@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
-import time
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
-from flask import flash, redirect, render_template, request, url_for
+from flask import abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy.exc import IntegrityError
 
 from app.auth import bp
-from app.auth.forms import LoginForm, RegistrationForm
-from app.auth.sessions import end_login_session, start_login_session
+from app.auth.forms import LoginForm, LogoutForm, RegistrationForm
+from app.auth.sessions import end_every_login, end_login, start_login
 from app.extensions import db
+from app.limits import form_error, limiter, per_account, setting
 from app.models import User
-from app.notifications.events import Event
-from app.notifications.hub import session_tag
-from app.notifications.kinds import SESSION_ENDED
-from app.notifications.store import publish
 
 
 def safe_next(target: str | None) -> str | None:
     """``target`` if it is a path on this site, else None (no open redirects)."""
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return None
+    if not target.isprintable():  # CR/LF would split the Location header
         return None
     parts = urlsplit(target)
     if parts.scheme or parts.netloc:
@@ -31,7 +29,24 @@ def safe_next(target: str | None) -> str | None:
     return target
 
 
+def _register_page(error: str | None = None) -> str:
+    form = RegistrationForm()
+    if error:
+        form.form_errors.append(error)
+    return render_template("auth/register.html", title="Register", form=form)
+
+
+def _login_page(error: str | None = None) -> str:
+    form = LoginForm()
+    if error:
+        form.form_errors.append(error)
+    return render_template("auth/login.html", title="Log in", form=form)
+
+
 @bp.route("/register", methods=["GET", "POST"])
+@limiter.limit(
+    setting("REGISTER_RATE"), methods=["POST"], on_breach=form_error(_register_page, "registrations")
+)
 def register():
     """Create an account, then ask the user to log in."""
     if current_user.is_authenticated:
@@ -54,6 +69,15 @@ def register():
 
 
 @bp.route("/login", methods=["GET", "POST"])
+@limiter.limit(
+    setting("LOGIN_RATE_PER_ADDRESS"), methods=["POST"], on_breach=form_error(_login_page, "login attempts")
+)
+@limiter.limit(
+    setting("LOGIN_RATE_PER_ACCOUNT"),
+    key_func=per_account,
+    methods=["POST"],
+    on_breach=form_error(_login_page, "login attempts for this account"),
+)
 def login():
     """Log in; ``?next=`` is honoured for local paths only."""
     next_page = safe_next(request.args.get("next"))
@@ -65,8 +89,8 @@ def login():
         if user is None or not user.check_password(form.password.data):
             flash("Invalid username or password.", "danger")
             return render_template("auth/login.html", title="Log in", form=form), 200
+        start_login(user)
         login_user(user, remember=form.remember_me.data)
-        start_login_session()
         return redirect(next_page or url_for("main.index"))
     return render_template("auth/login.html", title="Log in", form=form)
 
@@ -74,11 +98,24 @@ def login():
 @bp.route("/logout", methods=["GET", "POST"])
 @login_required
 def logout():
-    """End the session and close this login's open streams in every worker."""
-    sid = end_login_session()
-    user_id = current_user.id
+    """GET: a confirmation form. POST (CSRF): revoke this login, its cookies and its streams."""
+    form = LogoutForm()
+    if not form.validate_on_submit():
+        return render_template("auth/logout.html", title="Log out", form=form)
+    end_login(current_user)
     logout_user()
-    if sid:
-        publish(user_id, Event(name=SESSION_ENDED, data={"session": session_tag(sid)}, timestamp=time.time()))
     flash("You have been logged out.", "info")
+    return redirect(url_for("main.index"))
+
+
+@bp.route("/logout_everywhere", methods=["POST"])
+@login_required
+def logout_everywhere():
+    """Revoke every login of this account: every browser's cookies and streams, this one's too."""
+    form = LogoutForm()
+    if not form.validate_on_submit():
+        abort(400, "The form expired. Please try again.")
+    count = end_every_login(current_user)
+    logout_user()
+    flash(f"You have been logged out everywhere ({count} {'login' if count == 1 else 'logins'}).", "info")
     return redirect(url_for("main.index"))

@@ -1,25 +1,48 @@
-"""An id per login, kept in the session cookie, so logging out can end that login's streams."""
+"""Logins that can be revoked: each one a ``Login`` row whose token the cookies carry.
+
+Logging out revokes the login in the database, so its session cookie and its remember-me
+cookie stop working at once everywhere (copies included), and asks the realtime package to
+close that login's open streams.
+"""
 
 from __future__ import annotations
 
 import secrets
 
-from flask import session
+import sqlalchemy as sa
 
-SESSION_KEY = "login_id"
-
-
-def start_login_session() -> str:
-    """Give a fresh login its own id."""
-    sid = session[SESSION_KEY] = secrets.token_urlsafe(16)
-    return sid
+from app.extensions import db
+from app.models import Login, User, utcnow
+from app.notifications import end_login_streams
 
 
-def login_session_id() -> str:
-    """This login's id; a login restored from the remember-me cookie gets one on first use."""
-    return session.get(SESSION_KEY) or start_login_session()
+def start_login(user: User) -> str:
+    """Record a new login of ``user`` (committed) and make it the one ``user`` is loaded through."""
+    token = secrets.token_urlsafe(32)
+    db.session.add(Login(token=token, user_id=user.id))
+    db.session.commit()
+    user.login_token = token
+    return token
 
 
-def end_login_session() -> str | None:
-    """Forget this login's id, returning it."""
-    return session.pop(SESSION_KEY, None)
+def end_login(user: User) -> None:
+    """Revoke the login ``user`` was loaded through, and close its streams."""
+    _revoke(user, [user.login_token])
+
+
+def end_every_login(user: User) -> int:
+    """Revoke every open login of ``user`` (all browsers), closing their streams; how many."""
+    tokens = db.session.scalars(
+        sa.select(Login.token).where(Login.user_id == user.id, Login.revoked_at.is_(None))
+    ).all()
+    _revoke(user, tokens)
+    return len(tokens)
+
+
+def _revoke(user: User, tokens: list[str]) -> None:
+    db.session.execute(
+        sa.update(Login).where(Login.user_id == user.id, Login.token.in_(tokens)).values(revoked_at=utcnow())
+    )
+    db.session.commit()
+    for token in tokens:
+        end_login_streams(user.id, token)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, jsonify, render_template, request
+from flask import Blueprint, Response, abort, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
@@ -31,6 +31,8 @@ def json_error(status: int, message: str) -> tuple[Response, int]:
 
 
 def _handle_http(exc: HTTPException):
+    if exc.response is not None:  # an answer made for this case (a rate-limited form page)
+        return exc.response
     status = exc.code or 500
     message = exc.description or exc.name
     if isinstance(exc, CSRFError):
@@ -62,3 +64,15 @@ def handle_http_error(exc: HTTPException):
 def handle_unexpected_error(exc: Exception):
     """A bug: logged with its traceback, the transaction rolled back, a 500 page shown."""
     return _handle_unexpected(exc)
+
+
+@bp.before_app_request
+def refuse_nul_characters():
+    """400 for a NUL anywhere in the path, query or form: no database stores one (PostgreSQL
+    refuses it outright), and no page of ours needs one."""
+    values = [request.path]
+    for multidict in (request.args, request.form):
+        for key, value in multidict.items(multi=True):
+            values += (key, value)
+    if any("\x00" in value for value in values):
+        abort(400, "The request contains a NUL character, which is not allowed.")

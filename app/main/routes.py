@@ -8,7 +8,6 @@ import sqlalchemy as sa
 from flask import current_app, render_template, request
 from flask_login import current_user, login_required
 
-from app.auth.sessions import login_session_id
 from app.extensions import db
 from app.main import bp
 from app.models import User, utcnow
@@ -20,11 +19,10 @@ LAST_SEEN_RESOLUTION = timedelta(minutes=1)
 
 @bp.before_app_request
 def record_last_seen() -> None:
-    """Keep the logged-in user's "last seen" roughly current; name the login before its streams."""
+    """Keep the logged-in user's "last seen" roughly current."""
     if request.endpoint in (None, "static", "notifications.stream", "notifications.notifications"):
         return
     if current_user.is_authenticated:
-        login_session_id()
         now = utcnow()
         if current_user.last_seen is None or now - current_user.last_seen > LAST_SEEN_RESOLUTION:
             current_user.last_seen = now

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import abort, current_app, flash, redirect, render_template, send_file, url_for
+from flask import abort, current_app, flash, redirect, render_template, request, send_file, url_for
 from flask_login import current_user, login_required
 
 from app.errors import json_error, wants_json
 from app.extensions import db
+from app.limits import form_error, limiter, per_user, setting
 from app.messages import bp
 from app.messages.forms import ExportForm, MessageForm
 from app.models import Message, Task, User, utcnow
@@ -25,8 +26,18 @@ def preview(body: str) -> str:
     return body[:PREVIEW_CHARS].rsplit(" ", 1)[0] + "…"
 
 
+def _send_page(error: str) -> str:
+    user = db.first_or_404(sa.select(User).where(User.username == request.view_args["recipient"]))
+    form = MessageForm()
+    form.form_errors.append(error)
+    return render_template("messages/send_message.html", title="Send message", form=form, recipient=user)
+
+
 @bp.route("/send_message/<recipient>", methods=["GET", "POST"])
 @login_required
+@limiter.limit(
+    setting("SEND_RATE"), key_func=per_user, methods=["POST"], on_breach=form_error(_send_page, "messages")
+)
 def send_message(recipient: str):
     """Write to ``recipient``; the message and their new unread count commit together."""
     user = db.first_or_404(sa.select(User).where(User.username == recipient))
@@ -80,6 +91,7 @@ def messages():
 
 @bp.route("/export_messages", methods=["POST"])
 @login_required
+@limiter.limit(setting("EXPORT_RATE"), key_func=per_user, error_message="Too many exports; try again later.")
 def export_messages():
     """Start a background export of the user's messages (one at a time)."""
     form = ExportForm()

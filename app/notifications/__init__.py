@@ -11,4 +11,6 @@ from flask import Blueprint
 
 bp = Blueprint("notifications", __name__)
 
+# What other blueprints may call: logging out ends that login's streams everywhere.
 from app.notifications import routes  # noqa: E402,F401  (routes register on bp)
+from app.notifications.store import end_login_streams  # noqa: E402,F401

@@ -11,7 +11,6 @@ re-subscribes, and asks every stream to re-read the store, so nothing stored is 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -26,10 +25,9 @@ from redis.retry import Retry
 
 from app import telemetry
 from app.notifications.events import Event, channel_for, user_id_from_channel
-from app.notifications.kinds import SESSION_ENDED
+from app.notifications.kinds import SESSION_ENDED, session_tag
 
 log = logging.getLogger(__name__)
-
 
 
 class StreamingUnavailable(RuntimeError):
@@ -44,11 +42,6 @@ def require_gevent() -> None:
             "(or `make run`). Sync or threaded workers and `flask run` would hold one worker "
             "per open browser tab."
         )
-
-
-def session_tag(session_id: str) -> str:
-    """A short digest naming one login on the channel, without publishing the token itself."""
-    return hashlib.sha256(session_id.encode()).hexdigest()[:16]
 
 
 class Subscription:

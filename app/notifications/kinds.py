@@ -8,6 +8,7 @@ below, and, if the page should do more than re-dispatch it, a handler in ``tidin
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,13 @@ KINDS: dict[str, Kind] = {
 }
 
 # A control message on the channel that closes one login's streams: never stored, never forwarded.
+# Its data is {"session": session_tag(login_token)}.
 SESSION_ENDED = "session_ended"
+
+
+def session_tag(login_token: str) -> str:
+    """A short digest naming one login on the channel, without publishing the token itself."""
+    return hashlib.sha256(login_token.encode()).hexdigest()[:16]
 
 
 class NotificationRefused(ValueError):

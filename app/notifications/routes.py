@@ -9,9 +9,9 @@ import sqlalchemy as sa
 from flask import Response, current_app, jsonify, request
 from flask_login import current_user
 
-from app.auth.sessions import login_session_id
 from app.errors import json_error
 from app.extensions import db, realtime
+from app.limits import limiter, per_user, setting
 from app.models import Notification
 from app.notifications import bp
 from app.notifications.hub import StreamingUnavailable
@@ -56,6 +56,9 @@ def _cursor() -> int | None:
 
 
 @bp.route("/stream")
+@limiter.limit(
+    setting("STREAM_RATE"), key_func=per_user, error_message="too many stream connections; slow down"
+)
 def stream():
     """Server-Sent Events of the logged-in user's notifications, with replay from a cursor."""
     if not current_user.is_authenticated:
@@ -78,7 +81,7 @@ def stream():
         return _unavailable(handover.refusal)
     if request.method == "HEAD":
         return Response(content_type=StreamHandover.CONTENT_TYPE, headers=StreamHandover.HEADERS)
-    return StreamHandover(current_user.id, login_session_id(), cursor or 0)
+    return StreamHandover(current_user.id, current_user.login_token, cursor or 0)
 
 
 NO_HANDOVER = (

@@ -20,7 +20,7 @@ from app import telemetry
 from app.extensions import db, realtime
 from app.models import Notification, User
 from app.notifications.events import MAX_MESSAGE_BYTES, Event, channel_for
-from app.notifications.kinds import NotificationRefused, declared
+from app.notifications.kinds import SESSION_ENDED, NotificationRefused, declared, session_tag
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,9 @@ def encode(data: Any) -> str:
     except RecursionError:
         raise NotificationRefused("the data is nested too deeply") from None
     if len(payload) > MAX_MESSAGE_BYTES - 1024:
-        raise NotificationRefused(f"the data is {len(payload)} bytes of JSON; at most {MAX_MESSAGE_BYTES - 1024}")
+        raise NotificationRefused(
+            f"the data is {len(payload)} bytes of JSON; at most {MAX_MESSAGE_BYTES - 1024}"
+        )
     return payload
 
 
@@ -89,6 +91,12 @@ def publish(user_id: int, event: Event) -> bool:
         log.warning("could not publish %s to user %s: %s", event.name, user_id, exc)
         return False
     return True
+
+
+def end_login_streams(user_id: int, login_token: str) -> None:
+    """Close the open streams of one login, in every worker and on every host."""
+    control = Event(name=SESSION_ENDED, data={"session": session_tag(login_token)}, timestamp=time.time())
+    publish(user_id, control)
 
 
 def stored_events(user_id: int, since_id: int = 0) -> list[Event]:

@@ -154,6 +154,6 @@ def test_tls_at_gunicorn_is_refused_at_boot_pointing_at_the_proxy(sqlite_env, tm
         text=True,
         timeout=60,
     )
-    assert proc.returncode == 3
+    assert proc.returncode != 0  # 3 (boot error), or 1 when the arbiter halts from its signal handler
     assert "Tidings does not serve TLS from gunicorn" in proc.stderr
     assert "Terminate TLS at the proxy" in proc.stderr

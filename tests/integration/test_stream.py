@@ -134,7 +134,7 @@ def test_logout_ends_that_logins_streams_only(make_user, server):
     mine.next_block()
     other.next_block()
     mine.sock.settimeout(3)  # one heartbeat interval is 1 s
-    assert bob.http.get("/auth/logout").status_code == 302
+    assert bob.logout().status_code == 302
     while (block := mine.next_block()) is not None:
         assert block.event is None
     # The other login's stream goes on and still gets events.

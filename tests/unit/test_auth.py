@@ -3,8 +3,24 @@
 import pytest
 import sqlalchemy as sa
 
-from app.extensions import db
+from app import create_app
+from app.extensions import Realtime, db
 from app.models import User
+from tests.helpers import csrf_token
+
+
+def make_app(config, fake_redis):
+    app = create_app(config)
+    Realtime.state(app).redis = fake_redis
+    with app.app_context():
+        db.create_all()
+    return app
+
+
+def dispose(app):
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
 
 
 def test_register_creates_account_and_logs_in_afterwards(client, app):
@@ -95,13 +111,62 @@ def test_remember_me_sets_the_remember_cookie(client, auth):
     assert "remember_token=" in " ".join(r.headers.getlist("Set-Cookie"))
 
 
-@pytest.mark.parametrize("method", ["get", "post"])
-def test_logout_ends_the_session(client, auth, method):
+def test_logout_get_only_asks_and_post_ends_the_session(client, auth):
     auth.create("alice")
     auth.login("alice")
-    r = getattr(client, method)("/auth/logout")
-    assert r.status_code == 302
+    page = client.get("/auth/logout")
+    assert page.status_code == 200 and b"Log out?" in page.data
+    assert client.get("/messages").status_code == 200, "a GET (any site's link) logs nobody out"
+    assert client.post("/auth/logout").status_code == 302
     assert client.get("/messages").status_code == 302
+
+
+def test_logout_needs_the_csrf_token(config, fake_redis):
+    from tests.conftest import AuthActions
+
+    config["WTF_CSRF_ENABLED"] = True
+    app = make_app(config, fake_redis)
+    client = app.test_client()
+    auth = AuthActions(app, client)
+    auth.create("alice")
+    page = client.get("/auth/login")
+    token = csrf_token(page.get_data(as_text=True))
+    client.post("/auth/login", data={"username": "alice", "password": auth.password, "csrf_token": token})
+    assert client.post("/auth/logout").status_code == 400, "another site's form cannot log you out"
+    assert client.get("/messages").status_code == 200
+    token = csrf_token(client.get("/").get_data(as_text=True))  # the navbar's logout form
+    assert client.post("/auth/logout", data={"csrf_token": token}).status_code == 302
+    assert client.get("/messages").status_code == 302
+    dispose(app)
+
+
+def test_a_copied_session_cookie_and_remember_me_cookie_stop_working_after_logout(app, auth):
+    auth.create("alice")
+    browser = app.test_client()
+    r = browser.post("/auth/login", data={"username": "alice", "password": auth.password, "remember_me": "y"})
+    cookies = {
+        c.split("=", 1)[0]: c.split(";", 1)[0].split("=", 1)[1] for c in r.headers.getlist("Set-Cookie")
+    }
+    thief, remembered = app.test_client(), app.test_client()
+    thief.set_cookie("session", cookies["session"])
+    remembered.set_cookie("remember_token", cookies["remember_token"])
+    assert thief.get("/messages").status_code == 200 and remembered.get("/messages").status_code == 200
+    assert browser.post("/auth/logout").status_code == 302
+    assert thief.get("/messages").status_code == 302, "the copied session cookie is refused"
+    assert remembered.get("/messages").status_code == 302, "the remember-me cookie is refused"
+    assert thief.get("/stream").status_code == 401
+
+
+def test_log_out_everywhere_ends_every_login_of_the_account(app, auth):
+    auth.create("alice")
+    auth.create("bob")
+    laptop, phone, bobs = app.test_client(), app.test_client(), app.test_client()
+    for client, name in ((laptop, "alice"), (phone, "alice"), (bobs, "bob")):
+        client.post("/auth/login", data={"username": name, "password": auth.password})
+    assert b"Log out everywhere" in phone.get("/user/alice").data
+    assert phone.post("/auth/logout_everywhere").status_code == 302
+    assert laptop.get("/messages").status_code == 302 and phone.get("/messages").status_code == 302
+    assert bobs.get("/messages").status_code == 200, "other accounts stay logged in"
 
 
 def test_protected_page_redirects_to_login_with_next(client):

@@ -1,6 +1,14 @@
 // Live progress bars for background tasks, driven by "task_progress" notifications.
 (function () {
   "use strict";
+  // Only this site's own export downloads become links: a channel message could carry anything.
+  function safeDownload(url) {
+    var u;
+    try { u = new URL(String(url), window.location.href); } catch (e) { return null; }
+    if (u.origin !== window.location.origin || !/^\/exports\/[A-Za-z0-9-]+$/.test(u.pathname)) return null;
+    return u.pathname;
+  }
+
   // The page is rendered without inline styles (CSP style-src 'self'): size the bars here.
   document.querySelectorAll(".task .progress-bar[data-progress]").forEach(function (bar) {
     bar.style.width = Math.max(0, Math.min(100, Number(bar.getAttribute("data-progress")) || 0)) + "%";
@@ -21,12 +29,12 @@
       failed.className = "text-danger";
       failed.textContent = "Failed";
       status.appendChild(failed);
-    } else if (progress >= 100 && d.download_url) {
+    } else if (progress >= 100 && safeDownload(d.download_url)) {
       bar.classList.add("bg-success");
       status.textContent = "";
       var link = document.createElement("a");
       link.className = "task-download";
-      link.href = d.download_url;
+      link.href = safeDownload(d.download_url);
       link.textContent = "Download";
       status.appendChild(link);
     } else {
