@@ -69,9 +69,13 @@ def load_config(instance_path: str) -> dict:
         "SSE_RETRY_MS": _int_env("SSE_RETRY_MS", 3000),
         # Open streams one worker holds before answering 503; 0: what its open-files limit allows.
         "MAX_STREAMS_PER_WORKER": _int_env("MAX_STREAMS_PER_WORKER", 0),
+        # Open streams one user may hold across every worker and host (0: no cap); beyond: 429.
+        "MAX_STREAMS_PER_USER": _int_env("MAX_STREAMS_PER_USER", 32, minimum=0),
         "MESSAGES_PER_PAGE": _int_env("MESSAGES_PER_PAGE", 25),
         "USERS_PER_PAGE": _int_env("USERS_PER_PAGE", 25),
         "EXPORT_DIR": os.environ.get("EXPORT_DIR") or str(instance / "exports"),
+        # Finished exports (files, rows, stored progress) are removed after this many hours.
+        "EXPORT_RETENTION_HOURS": float(os.environ.get("EXPORT_RETENTION_HOURS") or 24),
         "TASK_QUEUE": "tidings-tasks",
         # A pause per exported message: 0 in production; demos and tests slow the bar down.
         "EXPORT_SLOWDOWN_SECONDS": float(os.environ.get("EXPORT_SLOWDOWN_SECONDS") or 0),

@@ -119,7 +119,7 @@ class _RealtimeState:
         if self._streams is None:
             from app.notifications.live import Streams
 
-            self._streams = Streams.for_app(self.app, self.hub)
+            self._streams = Streams.for_app(self.app, self.hub, self.redis)
         return self._streams
 
     @property

@@ -12,7 +12,7 @@ import redis
 from rq import Queue, Worker
 
 from app.config import load_config
-from workers.jobs import on_work_horse_killed
+from workers.jobs import on_work_horse_killed, remove_expired_tasks
 
 log = logging.getLogger("workers")
 
@@ -32,6 +32,27 @@ def wait_for_redis(client: redis.Redis, patience: float = 60.0) -> None:
             delay = min(delay * 2, 5.0)
 
 
+class TidingsWorker(Worker):
+    """RQ's worker, whose periodic maintenance also removes expired exports."""
+
+    def run_maintenance_tasks(self) -> None:
+        """RQ's registry cleaning, then the retention of finished tasks."""
+        super().run_maintenance_tasks()
+        from app import create_app
+        from app.extensions import db
+
+        # A fresh app each time, disposed after: no database connection of this process may
+        # be inherited by the work horses it forks.
+        app = create_app()
+        try:
+            remove_expired_tasks(app)
+        except Exception:  # retention must never stop the worker
+            log.exception("could not remove expired tasks")
+        finally:
+            with app.app_context():
+                db.engine.dispose()
+
+
 def main() -> None:
     """Start the worker; SIGTERM lets the current job finish (RQ's warm shutdown)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -41,7 +62,7 @@ def main() -> None:
     wait_for_redis(connection)
     queue = Queue(config["TASK_QUEUE"], connection=connection)
     name = f"tidings-{socket.gethostname()}-{os.getpid()}"
-    worker = Worker(
+    worker = TidingsWorker(
         [queue],
         connection=connection,
         name=name,

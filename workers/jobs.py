@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -158,3 +159,28 @@ def on_job_failure(job, connection, exc_type, exc_value, tb) -> None:
 def on_work_horse_killed(job, retpid, ret_val, rusage) -> None:
     """RQ hook: the process running the job died (killed, out of memory)."""
     mark_failed(job.id, f"the worker process running it died (status {ret_val})")
+
+
+def remove_expired_tasks(app: Flask) -> int:
+    """Delete finished and failed tasks older than ``EXPORT_RETENTION_HOURS``: their rows, their
+    export files and their stored ``task_progress`` notifications (so fresh tabs stop replaying
+    them). Returns how many went."""
+    from app.models import Notification
+    from app.notifications.kinds import KINDS
+
+    cutoff = utcnow() - timedelta(hours=app.config["EXPORT_RETENTION_HOURS"])
+    with app.app_context():
+        expired = db.session.scalars(
+            sa.select(Task).where(Task.status.not_in(Task.ACTIVE), Task.finished_at < cutoff)
+        ).all()
+        for task in expired:
+            export_path(app, task.user_id, task.id).unlink(missing_ok=True)
+            key = KINDS["task_progress"].key({"task_id": task.id})
+            db.session.execute(
+                sa.delete(Notification).where(Notification.user_id == task.user_id, Notification.key == key)
+            )
+            db.session.delete(task)
+        db.session.commit()
+        if expired:
+            log.info("removed %d expired tasks and their exports", len(expired))
+        return len(expired)

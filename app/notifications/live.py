@@ -29,6 +29,7 @@ import gevent.pool
 
 from app import telemetry
 from app.notifications.events import Event
+from app.notifications.caps import StreamCap
 from app.notifications.hub import Hub, Subscription
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class LiveStream:
 
     __slots__ = (
         "sub",
+        "lease",
         "unseen",
         "last_write",
         "closed",
@@ -92,8 +94,11 @@ class LiveStream:
         "_queued",
     )
 
-    def __init__(self, streams: Streams, sub: Subscription, sock: _socket.socket, unseen: Unseen) -> None:
+    def __init__(
+        self, streams: Streams, sub: Subscription, sock: _socket.socket, unseen: Unseen, lease: str | None
+    ) -> None:
         self.sub = sub
+        self.lease = lease
         self.unseen = unseen
         self.last_write = time.monotonic()
         self.closed = False
@@ -224,10 +229,12 @@ class Streams:
         *,
         heartbeat: float,
         capacity: int = 0,
+        cap: StreamCap | None = None,
         max_queued: int = 256 * 1024,
         resync_concurrency: int = 4,
     ) -> None:
         self.hub = hub
+        self.cap = cap
         self.loop = gevent.get_hub().loop
         self.heartbeat = heartbeat
         self.capacity = capacity or default_capacity()
@@ -235,15 +242,15 @@ class Streams:
         self._read_store = read_store
         # Every open stream, least recently written first (for the heartbeat).
         self._by_write: OrderedDict[LiveStream, None] = OrderedDict()
-        self._released: list[Subscription] = []
+        self._released: list[tuple[Subscription, str | None]] = []
         self._resyncs: dict[int, set[LiveStream]] = {}
         self._work = gevent.event.Event()
         self._pool = gevent.pool.Pool(resync_concurrency)
         self._greenlets: list[gevent.Greenlet] = []
 
     @classmethod
-    def for_app(cls, app, hub: Hub) -> Streams:
-        """Streams reading the app's store and heartbeat setting."""
+    def for_app(cls, app, hub: Hub, client) -> Streams:
+        """Streams reading the app's store and settings, capping users' streams in ``client``'s Redis."""
         from app.notifications.store import stored_events
 
         def read_store(user_id: int, since_id: int) -> list[Event]:
@@ -255,20 +262,24 @@ class Streams:
             read_store,
             heartbeat=float(app.config["SSE_HEARTBEAT_SECONDS"]),
             capacity=int(app.config["MAX_STREAMS_PER_WORKER"]),
+            cap=StreamCap(client, int(app.config["MAX_STREAMS_PER_USER"])),
         )
 
-    def adopt(self, sub: Subscription, fd: int, unseen: Unseen, head: bytes) -> LiveStream:
+    def adopt(
+        self, sub: Subscription, fd: int, unseen: Unseen, head: bytes, lease: str | None = None
+    ) -> LiveStream:
         """Take over socket ``fd``: write ``head``, then whatever waited in ``sub``'s mailbox.
 
-        It owns ``fd`` from the call on: whatever fails closes it and releases ``sub``.
+        It owns ``fd`` (and ``lease``, see caps.py) from the call on: whatever fails closes it
+        and releases ``sub`` and ``lease``.
         """
         self._start()
         sock = _socket.socket(fileno=fd)
         try:
-            stream = LiveStream(self, sub, sock, unseen)
+            stream = LiveStream(self, sub, sock, unseen, lease)
         except BaseException:
             sock.close()
-            self._released.append(sub)
+            self._released.append((sub, lease))
             self._work.set()
             raise
         self._by_write[stream] = None
@@ -307,7 +318,7 @@ class Streams:
         if stream in self._by_write:
             del self._by_write[stream]
             telemetry.STREAMS_OPEN.dec()
-        self._released.append(stream.sub)
+        self._released.append((stream.sub, stream.lease))
         self._work.set()
 
     def resync(self, stream: LiveStream) -> None:
@@ -319,6 +330,13 @@ class Streams:
     def _start(self) -> None:
         if not self._greenlets:
             self._greenlets = [gevent.spawn(self._housekeep), gevent.spawn(self._beat)]
+            if self.cap is not None and self.cap.limit:
+                self._greenlets.append(gevent.spawn(self._renew_leases))
+
+    def _renew_leases(self) -> None:
+        while True:
+            gevent.sleep(self.cap.lease_seconds / 3)
+            self.cap.renew([(s.sub.user_id, s.lease) for s in self._by_write if s.lease is not None])
 
     def stop(self) -> None:
         """Stop the housekeeping greenlets (tests; a stopping worker just exits)."""
@@ -330,9 +348,11 @@ class Streams:
             self._work.wait()
             self._work.clear()
             released, self._released = self._released, []
-            for sub in released:
+            for sub, lease in released:
                 try:
                     self.hub.unsubscribe(sub)
+                    if lease is not None and self.cap is not None:
+                        self.cap.release(sub.user_id, lease)
                 except Exception:  # never let one failure stop releases, re-reads and this loop
                     log.exception("could not release user %s's stream", sub.user_id)
             resyncs, self._resyncs = self._resyncs, {}

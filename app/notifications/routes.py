@@ -118,23 +118,34 @@ class StreamHandover(Response):
             return _unavailable("this server holds all the streams it can; try again shortly")(
                 environ, start_response
             )
+        lease = streams.cap.acquire(self.user_id)
+        if lease is None:
+            return _refused(
+                429, f"you have {streams.cap.limit} notification streams open already; close a tab"
+            )(environ, start_response)
         sub = streams.hub.subscribe(self.user_id, self.login)
         try:
             backlog = stored_events(self.user_id, self.cursor)
         except Exception:
             streams.hub.unsubscribe(sub)
+            streams.cap.release(self.user_id, lease)
             log.exception("could not read the notification store for a stream")
             return _unavailable("notifications are unavailable for a moment")(environ, start_response)
         unseen = Unseen(self.cursor)
         retry = f"retry: {current_app.config['SSE_RETRY_MS']}\n\n".encode()
         body = retry + (unseen.frames(backlog) or b": connected\n\n")
         try:
-            environ[ENVIRON_KEY].take(streams, lambda fd: streams.adopt(sub, fd, unseen, self._head() + body))
+            environ[ENVIRON_KEY].take(
+                streams, lambda fd: streams.adopt(sub, fd, unseen, self._head() + body, lease)
+            )
         except HandoverRefused as exc:
             streams.hub.unsubscribe(sub)
+            streams.cap.release(self.user_id, lease)
             return _unavailable(str(exc))(environ, start_response)
         except Exception:
-            streams.hub.unsubscribe(sub)  # a no-op when the stream was adopted and released it
+            # No-ops when the stream was adopted: its closing released both.
+            streams.hub.unsubscribe(sub)
+            streams.cap.release(self.user_id, lease)
             raise
         start_response(self.status, self._headers())  # for middleware: gunicorn writes nothing now
         return []
@@ -150,9 +161,14 @@ class StreamHandover(Response):
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def _unavailable(message: str) -> Response:
-    """A 503 JSON answer for a stream that cannot open now; browsers retry with backoff."""
-    response, status = json_error(503, message)
+def _refused(status: int, message: str) -> Response:
+    """A JSON refusal of a stream that cannot open now; browsers retry with backoff."""
+    response, status = json_error(status, message)
     response.status_code = status
     response.headers["Retry-After"] = "5"
     return response
+
+
+def _unavailable(message: str) -> Response:
+    """503: this server cannot hold the stream now."""
+    return _refused(503, message)

@@ -172,3 +172,32 @@ def test_an_abandoned_job_fails_its_task_when_rq_notices(app, people):
         db.session.remove()
         task = db.session.get(Task, "t-lost")
         assert task.status == "failed" and task.error == "AbandonedJobError"
+
+
+def test_finished_exports_are_removed_after_the_retention_time(client, auth, people, app):
+    from datetime import timedelta
+
+    from app.models import Notification, utcnow
+    from app.tasks import export_path
+    from workers.jobs import remove_expired_tasks
+
+    auth.login("bob")
+    for _ in range(2):
+        client.post("/export_messages")
+    with app.app_context():
+        old, new = db.session.scalars(sa.select(Task).order_by(Task.created_at)).all()
+        old.finished_at = utcnow() - timedelta(hours=25)
+        db.session.commit()
+        old_id, new_id = old.id, new.id
+    assert export_path(app, people["bob"], old_id).exists()
+    replayed = {e["data"].get("task_id") for e in client.get("/notifications?since=0").get_json()}
+    assert {old_id, new_id} <= replayed
+
+    assert remove_expired_tasks(app) == 1
+    assert not export_path(app, people["bob"], old_id).exists()
+    assert export_path(app, people["bob"], new_id).exists(), "a recent export stays"
+    with app.app_context():
+        assert db.session.get(Task, old_id) is None and db.session.get(Task, new_id) is not None
+        keys = set(db.session.scalars(sa.select(Notification.key)))
+    assert f"task_progress:{old_id}" not in keys and f"task_progress:{new_id}" in keys
+    assert client.get(f"/exports/{old_id}").status_code == 404

@@ -224,3 +224,44 @@ def test_a_failure_while_adopting_closes_the_socket_and_releases_the_subscriptio
     gevent.sleep(0)  # housekeeping releases the subscription
     assert hub.released == [sub]
     assert len(streams) == 0
+
+
+def test_the_per_user_cap_counts_streams_in_redis_and_frees_a_closed_ones_lease(hub, store):
+    import fakeredis
+
+    from app.notifications.caps import StreamCap
+
+    client = fakeredis.FakeRedis()
+    cap, other_host = StreamCap(client, limit=2), StreamCap(client, limit=2)
+    streams = Streams(hub, store.read, heartbeat=60, cap=cap)
+    try:
+        first = cap.acquire(1)
+        stream, peer = open_stream_with_lease(streams, Subscription(1, None), first)
+        assert other_host.acquire(1) is not None, "a second stream, on another host"
+        assert cap.acquire(1) is None and other_host.acquire(1) is None, "the cap holds everywhere"
+        assert cap.acquire(2) is not None, "other users are not affected"
+        stream.close()
+        gevent.sleep(0)  # housekeeping releases the lease
+        assert other_host.acquire(1) is not None
+    finally:
+        streams.stop()
+
+
+def test_a_dead_workers_leases_expire(hub):
+    import fakeredis
+
+    from app.notifications.caps import StreamCap
+
+    client = fakeredis.FakeRedis()
+    dead = StreamCap(client, limit=1, lease_seconds=0.2)
+    assert dead.acquire(1) is not None
+    alive = StreamCap(client, limit=1, lease_seconds=0.2)
+    assert alive.acquire(1) is None
+    gevent.sleep(0.3)  # the dead worker never renewed
+    assert alive.acquire(1) is not None
+
+
+def open_stream_with_lease(streams: Streams, sub: Subscription, lease: str):
+    ours, theirs = socket.socketpair()
+    stream = streams.adopt(sub, ours.detach(), Unseen(0), b"retry: 3000\n\n", lease)
+    return stream, Peer(theirs)
