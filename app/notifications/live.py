@@ -28,8 +28,8 @@ import gevent.event
 import gevent.pool
 
 from app import telemetry
-from app.notifications.events import Event
 from app.notifications.caps import StreamCap
+from app.notifications.events import Event
 from app.notifications.hub import Hub, Subscription
 
 log = logging.getLogger(__name__)
