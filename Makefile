@@ -29,7 +29,9 @@ run-proxy: $(VENV)/.run-deps nginx
 nginx:
 	test -x /usr/sbin/nginx -a -x /usr/bin/openssl || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx openssl)
 
+# The page script's browser-free parts with node's own runner, then the Python suite.
 test: $(VENV)/.dev-deps
+	node --test tests/js/
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-deps

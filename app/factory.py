@@ -84,9 +84,11 @@ def _template_helpers(app: Flask) -> None:
         """The badge count and the stream cursor every logged-in page starts from."""
         if not current_user.is_authenticated:
             return {}
-        from app.notifications.kinds import KINDS
+        from app.notifications.kinds import KINDS, session_tag
 
         return {
+            # Tabs of one login share one stream over a BroadcastChannel and a Web Lock of this name.
+            "stream_scope": f"{current_user.id}-{session_tag(current_user.login_token)}",
             "unread_count": current_user.unread_message_count(),
             "stream_cursor": current_user.latest_notification_id(),
             "event_kinds": " ".join(KINDS),

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from app.extensions import db
 from app.models import Message, Notification
 
-BADGE_RE = re.compile(r'<span id="message_count" class="(badge[^"]*)">(\d+)</span>')
+BADGE_RE = re.compile(r'<span id="message_count" data-unread-count class="(badge[^"]*)">(\d+)</span>')
 
 
 def badge(client) -> tuple[str, int]:
