@@ -8,6 +8,7 @@ from tests.e2e.conftest import wait_for_stream
 from tests.helpers import WebUser
 
 TABS = 12
+NO_SHARING = "delete navigator.__proto__.locks; delete window.BroadcastChannel;"
 
 
 def test_twelve_tabs_over_https_and_http2_each_with_its_own_stream_are_all_live(browser, proxied):
@@ -19,6 +20,8 @@ def test_twelve_tabs_over_https_and_http2_each_with_its_own_stream_are_all_live(
     alice.login()
 
     context = browser.new_context(base_url=nginx.url, ignore_https_errors=True)
+    # Tabs would share one stream; here every tab must hold its own, to prove the proxy path.
+    context.add_init_script(NO_SHARING)
     try:
         first = context.new_page()
         first.goto("/auth/login")
