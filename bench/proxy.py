@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from tests.helpers import WebUser, slow_bodies
+from tests.helpers import WebUser, slow_bodies, user_id
 from tests.servers import LiveServer, NginxServer, RedisServer, make_server_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +75,7 @@ def latency(web: LiveServer, nginx: NginxServer, redis_url: str, events: int) ->
         reader.ready.wait(10)
     time.sleep(0.5)
     r = redis.Redis.from_url(redis_url)
-    channel = _channel(web, user.username)
+    channel = f"notifications:{user_id(web.env, user.username)}"
     for i in range(events):
         r.publish(channel, json.dumps({"name": "announcement", "data": {"t": time.time(), "i": i}}))
         time.sleep(0.005)
@@ -85,16 +85,6 @@ def latency(web: LiveServer, nginx: NginxServer, redis_url: str, events: int) ->
         "direct": {"protocol": readers[0].http_version, **percentiles(readers[0].delays)},
         "nginx": {"protocol": readers[1].http_version, **percentiles(readers[1].delays)},
     }
-
-
-def _channel(web: LiveServer, username: str) -> str:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(web.env["DATABASE_URL"])
-    with engine.connect() as conn:
-        uid = conn.execute(sa.text('SELECT id FROM "user" WHERE username = :u'), {"u": username}).scalar()
-    engine.dispose()
-    return f"notifications:{uid}"
 
 
 def get_time(url: str, timeout: float = 10.0) -> str:

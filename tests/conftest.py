@@ -9,6 +9,7 @@ import re
 import fakeredis
 import pytest
 import sqlalchemy as sa
+from flask import Flask
 
 from app import create_app
 from app.extensions import Realtime, db
@@ -90,17 +91,28 @@ def fake_redis() -> fakeredis.FakeRedis:
     return fakeredis.FakeRedis()
 
 
-@pytest.fixture
-def app(config, fake_redis):
-    """The app on a fresh schema, publishing to fakeredis."""
+def build_app(config: dict, fake_redis) -> Flask:
+    """An app on a fresh schema, publishing to ``fake_redis``."""
     app = create_app(config)
     Realtime.state(app).redis = fake_redis
     with app.app_context():
         db.create_all()
-    yield app
+    return app
+
+
+def dispose(app: Flask) -> None:
+    """Close the app's database connections."""
     with app.app_context():
         db.session.remove()
         db.engine.dispose()
+
+
+@pytest.fixture
+def app(config, fake_redis):
+    """The app on a fresh schema, publishing to fakeredis."""
+    app = build_app(config, fake_redis)
+    yield app
+    dispose(app)
 
 
 @pytest.fixture

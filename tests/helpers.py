@@ -201,3 +201,14 @@ def slow_bodies(port: int, count: int, tls: bool = False) -> list[socket.socket]
         )
         socks.append(s)
     return socks
+
+
+def user_id(env: dict[str, str], username: str) -> int:
+    """The id of the user called ``username`` in the database of a server's ``env``."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(env["DATABASE_URL"])
+    with engine.connect() as conn:
+        uid = conn.execute(sa.text('SELECT id FROM "user" WHERE username = :u'), {"u": username}).scalar()
+    engine.dispose()
+    return uid

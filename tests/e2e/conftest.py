@@ -56,12 +56,7 @@ def login_page(browser, server):  # noqa: F811
         contexts.append(context)
         if init_script:
             context.add_init_script(init_script)
-        page = context.new_page()
-        page.goto("/auth/login")
-        page.fill("#username", user.username)
-        page.fill("#password", user.password)
-        page.click("#submit")
-        page.wait_for_url(server.url + "/")
+        page = log_in(context.new_page(), user, server.url)
         if stream:
             wait_for_stream(page)
         return page
@@ -69,6 +64,16 @@ def login_page(browser, server):  # noqa: F811
     yield open_as
     for context in contexts:
         context.close()
+
+
+def log_in(page, user, base_url: str):
+    """Log ``user`` in through the form in ``page``; returns the page, on the home page."""
+    page.goto("/auth/login")
+    page.fill("#username", user.username)
+    page.fill("#password", user.password)
+    page.click("#submit")
+    page.wait_for_url(base_url + "/")
+    return page
 
 
 def wait_for_stream(page) -> None:

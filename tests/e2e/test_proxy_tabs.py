@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import wait_for_stream
+from tests.e2e.conftest import log_in, wait_for_stream
 from tests.helpers import WebUser
 
 TABS = 12
@@ -23,12 +23,7 @@ def test_twelve_tabs_over_https_and_http2_each_with_its_own_stream_are_all_live(
     # Tabs would share one stream; here every tab must hold its own, to prove the proxy path.
     context.add_init_script(NO_SHARING)
     try:
-        first = context.new_page()
-        first.goto("/auth/login")
-        first.fill("#username", bob.username)
-        first.fill("#password", bob.password)
-        first.click("#submit")
-        first.wait_for_url(nginx.url + "/")
+        first = log_in(context.new_page(), bob, nginx.url)
         tabs = [first] + [context.new_page() for _ in range(TABS - 1)]
         for tab in tabs[1:]:
             tab.goto("/")

@@ -6,21 +6,13 @@ from __future__ import annotations
 import time
 
 import redis
-import sqlalchemy as sa
 from playwright.sync_api import expect
 
 from tests.e2e.conftest import wait_for_stream
 from tests.e2e.test_proxy_tabs import NO_SHARING
+from tests.helpers import user_id
 
 TABS = 12
-
-
-def user_id(server_env, username: str) -> int:
-    engine = sa.create_engine(server_env["DATABASE_URL"])
-    with engine.connect() as conn:
-        uid = conn.execute(sa.text('SELECT id FROM "user" WHERE username = :u'), {"u": username}).scalar()
-    engine.dispose()
-    return uid
 
 
 def streams_of(redis_url: str, uid: int) -> int:

@@ -8,9 +8,8 @@ import json
 import httpx
 import pytest
 import redis
-import sqlalchemy as sa
 
-from tests.helpers import WebUser
+from tests.helpers import WebUser, user_id
 from tests.servers import LiveServer, wait_until
 
 HOSTILE = [
@@ -21,14 +20,6 @@ HOSTILE = [
     b"[1, 2, 3]",
     b"not json at all",
 ]
-
-
-def user_id(env: dict[str, str], username: str) -> int:
-    engine = sa.create_engine(env["DATABASE_URL"])
-    with engine.connect() as conn:
-        uid = conn.execute(sa.text('SELECT id FROM "user" WHERE username = :u'), {"u": username}).scalar()
-    engine.dispose()
-    return uid
 
 
 def test_hostile_messages_leave_delivery_running_in_both_workers(make_user, server, server_env, redis_url):

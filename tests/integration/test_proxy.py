@@ -10,7 +10,7 @@ import httpx
 import pytest
 import redis
 
-from tests.helpers import WebUser, slow_bodies
+from tests.helpers import WebUser, slow_bodies, user_id
 from tests.servers import LiveServer, NginxServer, RedisServer, wait_until
 
 _names = iter(range(10**6))
@@ -53,7 +53,7 @@ def test_a_stream_over_tls_and_http2_gets_its_events(proxied):
 def test_events_pass_nginx_unbuffered_one_by_one(proxied, redis_url):
     web, nginx = proxied
     bob = h2_user(nginx, "unbuf")
-    uid = _user_id(web, bob)
+    uid = user_id(web.env, bob.username)
     r = redis.Redis.from_url(redis_url)
     with bob.http.stream("GET", "/stream") as resp:
         lines = resp.iter_lines()
@@ -63,16 +63,6 @@ def test_events_pass_nginx_unbuffered_one_by_one(proxied, redis_url):
             # these small frames back until its buffer filled or the stream ended.
             r.publish(f"notifications:{uid}", json.dumps({"name": "announcement", "data": i}))
             assert read_event(lines, "announcement")["data"] == i
-
-
-def _user_id(web: LiveServer, u: WebUser) -> int:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(web.env["DATABASE_URL"])
-    with engine.connect() as conn:
-        uid = conn.execute(sa.text('SELECT id FROM "user" WHERE username = :u'), {"u": u.username}).scalar()
-    engine.dispose()
-    return uid
 
 
 def test_pages_through_nginx_carry_hsts_and_the_apps_headers_and_static_files_come_from_nginx(proxied):

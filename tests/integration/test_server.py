@@ -7,9 +7,8 @@ import subprocess
 import httpx
 import pytest
 import redis
-import sqlalchemy as sa
 
-from tests.helpers import SSE, WebUser
+from tests.helpers import SSE, WebUser, user_id
 from tests.servers import BIN, ROOT, LiveServer, free_port, wait_until
 
 
@@ -21,14 +20,6 @@ def users(url: str, *names: str) -> list[WebUser]:
         assert user.register().status_code == 302
         made.append(user.login())
     return made
-
-
-def user_id(env: dict[str, str], username: str) -> int:
-    engine = sa.create_engine(env["DATABASE_URL"])
-    with engine.connect() as conn:
-        uid = conn.execute(sa.text('SELECT id FROM "user" WHERE username = :u'), {"u": username}).scalar()
-    engine.dispose()
-    return uid
 
 
 def subscribers(redis_url: str, uid: int) -> int:

@@ -228,17 +228,12 @@ def test_non_gevent_workers_are_refused_at_boot(server_env, worker_class, tmp_pa
 
 
 def test_a_vanished_client_releases_its_subscription(make_user, redis_url, server_env):
-    import sqlalchemy as sa
-
+    from tests.helpers import user_id
     from tests.servers import wait_until
 
     r = redis.Redis.from_url(redis_url)
     bob = make_user("bob")
-    engine = sa.create_engine(server_env["DATABASE_URL"])
-    with engine.connect() as conn:
-        uid = conn.execute(sa.text('SELECT id FROM "user" WHERE username = :u'), {"u": bob.username}).scalar()
-    engine.dispose()
-    channel = f"notifications:{uid}"
+    channel = f"notifications:{user_id(server_env, bob.username)}"
 
     def subscribers() -> int:
         return dict(r.pubsub_numsub(channel))[channel.encode()]

@@ -3,24 +3,10 @@
 import pytest
 import sqlalchemy as sa
 
-from app import create_app
-from app.extensions import Realtime, db
+from app.extensions import db
 from app.models import User
+from tests.conftest import build_app, dispose
 from tests.helpers import csrf_token
-
-
-def make_app(config, fake_redis):
-    app = create_app(config)
-    Realtime.state(app).redis = fake_redis
-    with app.app_context():
-        db.create_all()
-    return app
-
-
-def dispose(app):
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
 
 
 def test_register_creates_account_and_logs_in_afterwards(client, app):
@@ -125,7 +111,7 @@ def test_logout_needs_the_csrf_token(config, fake_redis):
     from tests.conftest import AuthActions
 
     config["WTF_CSRF_ENABLED"] = True
-    app = make_app(config, fake_redis)
+    app = build_app(config, fake_redis)
     client = app.test_client()
     auth = AuthActions(app, client)
     auth.create("alice")

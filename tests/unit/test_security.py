@@ -6,8 +6,7 @@ import re
 
 import pytest
 
-from app import create_app
-from app.extensions import Realtime, db
+from tests.conftest import build_app, dispose
 
 # (path, whether it is seen logged in)
 PAGES = [("/", False), ("/auth/login", False), ("/auth/register", False)] + [
@@ -62,10 +61,7 @@ def test_cookies_are_plain_outside_production(auth, client):
 def test_production_makes_session_and_remember_me_cookies_secure(config, fake_redis, monkeypatch):
     monkeypatch.setenv("APP_ENV", "production")
     monkeypatch.setenv("SECRET_KEY", "production-secret")
-    app = create_app({k: v for k, v in config.items() if k != "SECRET_KEY"})
-    Realtime.state(app).redis = fake_redis
-    with app.app_context():
-        db.create_all()
+    app = build_app({k: v for k, v in config.items() if k != "SECRET_KEY"}, fake_redis)
     try:
         from tests.conftest import AuthActions
 
@@ -77,9 +73,7 @@ def test_production_makes_session_and_remember_me_cookies_secure(config, fake_re
         assert "Secure" in cookies["session"] and "HttpOnly" in cookies["session"]
         assert "Secure" in cookies["remember_token"]
     finally:
-        with app.app_context():
-            db.session.remove()
-            db.engine.dispose()
+        dispose(app)
 
 
 def test_healthz(client):
