@@ -181,6 +181,16 @@ class SSE:
             if name is None or block.event == name:
                 return block
 
+    def rest(self) -> str:
+        """The body of a response that is not a stream (a refusal's JSON), by its Content-Length."""
+        length = int(self.headers["content-length"])
+        while len(self._raw) < length:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                break
+            self._raw += chunk
+        return self._raw[:length].decode()
+
     def close(self) -> None:
         """Drop the connection."""
         self.sock.close()

@@ -55,8 +55,10 @@ def make_server_env(tmp: Path, database_url: str, redis_url: str) -> dict[str, s
         "SSE_HEARTBEAT_SECONDS": "1",
         "SSE_RETRY_MS": "500",
         "EXPORT_DIR": str(tmp / "exports"),
-        # The suite registers and logs in many users from one address; limits have their own tests.
+        # The suite registers and logs in many users from one address, and opens dozens of one
+        # user's streams; the limits and the per-user cap have tests of their own.
         "RATELIMIT_ENABLED": "0",
+        "MAX_STREAMS_PER_USER": "0",
     }
     migrate({**os.environ, **env})
     env["_TMP"] = str(tmp)
