@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import redis
@@ -15,6 +16,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
+
+from app.tally import FailureTally
 
 # Named constraints keep Alembic migrations identical on SQLite and PostgreSQL.
 NAMING_CONVENTION = {
@@ -80,10 +83,12 @@ class _RealtimeState:
         self._redis: redis.Redis | None = None
         self._hub = None
         self._streams = None
+        self.publish_failures = FailureTally(logging.getLogger("app.notifications.store"), "publish to Redis")
 
     def _forked(self) -> None:
         if self._pid != os.getpid():
             self._pid, self._redis, self._hub, self._streams = os.getpid(), None, None, None
+            self.publish_failures = FailureTally(self.publish_failures.log, "publish to Redis")
 
     @property
     def redis(self) -> redis.Redis:

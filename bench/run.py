@@ -670,7 +670,7 @@ def create_users(db_url: str, n: int) -> list[dict]:
 
     from app import create_app
     from app.extensions import db
-    from app.models import User
+    from app.models import Login, User
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": db_url, "SECRET_KEY": "bench-secret"})
     shared_hash = generate_password_hash(PASSWORD)
@@ -683,13 +683,15 @@ def create_users(db_url: str, n: int) -> list[dict]:
         db.session.execute(User.__table__.insert(), rows)
         db.session.commit()
         ids = dict(db.session.execute(db.select(User.username, User.id)).all())
+        # One login per user: the cookie carries its token, as a real login's does.
+        logins = [{"token": f"bench-login-{ids[f'bench{i}']}", "user_id": ids[f"bench{i}"]} for i in range(n)]
+        db.session.execute(Login.__table__.insert(), logins)
+        db.session.commit()
         serializer = app.session_interface.get_signing_serializer(app)
         users = []
         for i in range(n):
             uid = ids[f"bench{i}"]
-            cookie = serializer.dumps(
-                {"_user_id": str(uid), "_fresh": False, "login_id": f"bench-login-{uid}"}
-            )
+            cookie = serializer.dumps({"_user_id": f"bench-login-{uid}", "_fresh": False})
             users.append({"id": uid, "username": f"bench{i}", "cookie": f"session={cookie}"})
         db.engine.dispose()
     return users

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import _socket
 import logging
+import random
 import resource
 import time
 from collections import OrderedDict, deque
@@ -230,11 +231,13 @@ class Streams:
         heartbeat: float,
         capacity: int = 0,
         cap: StreamCap | None = None,
+        drain_retry_ms: int = 5000,
         max_queued: int = 256 * 1024,
         resync_concurrency: int = 4,
     ) -> None:
         self.hub = hub
         self.cap = cap
+        self.drain_retry_ms = drain_retry_ms
         self.loop = gevent.get_hub().loop
         self.heartbeat = heartbeat
         self.capacity = capacity or default_capacity()
@@ -263,6 +266,7 @@ class Streams:
             heartbeat=float(app.config["SSE_HEARTBEAT_SECONDS"]),
             capacity=int(app.config["MAX_STREAMS_PER_WORKER"]),
             cap=StreamCap(client, int(app.config["MAX_STREAMS_PER_USER"])),
+            drain_retry_ms=int(app.config["SSE_DRAIN_RETRY_MS"]),
         )
 
     def adopt(
@@ -298,7 +302,13 @@ class Streams:
         return stream
 
     def drain(self) -> None:
-        """Close every stream now (the worker is stopping): browsers reconnect to another one."""
+        """Close every stream now (the worker is stopping): browsers reconnect to another one.
+
+        Each stream first gets a ``retry:`` drawn from [0.5 s, ``drain_retry_ms``], so the
+        browsers of a deploy come back spread over that window, not in the same millisecond.
+        """
+        for stream in list(self._by_write):
+            stream.write(f"retry: {random.randint(500, max(500, self.drain_retry_ms))}\n\n".encode())
         self.hub.shutdown()
 
     def __len__(self) -> int:

@@ -82,14 +82,15 @@ def notify(user: User, name: str, data: Any) -> Event:
 
 
 def publish(user_id: int, event: Event) -> bool:
-    """Publish ``event`` on the user's channel; False (and a warning) when Redis is away."""
+    """Publish ``event`` on the user's channel; False (and a summed-up warning) when Redis is away."""
     try:
         realtime.redis.publish(channel_for(user_id), event.to_json())
     except redis.RedisError as exc:
         # The notification is stored: streams re-read the store when their hub reconnects.
         telemetry.PUBLISH_FAILURES.inc()
-        log.warning("could not publish %s to user %s: %s", event.name, user_id, exc)
+        realtime.state().publish_failures.failed(exc)
         return False
+    realtime.state().publish_failures.succeeded()
     return True
 
 

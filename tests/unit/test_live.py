@@ -265,3 +265,32 @@ def open_stream_with_lease(streams: Streams, sub: Subscription, lease: str):
     ours, theirs = socket.socketpair()
     stream = streams.adopt(sub, ours.detach(), Unseen(0), b"retry: 3000\n\n", lease)
     return stream, Peer(theirs)
+
+
+def test_draining_spreads_the_reconnects_with_a_retry_each_then_closes(hub, store):
+    opened = []
+
+    class ShuttingHub(FakeHub):
+        def shutdown(self):  # as the real hub does: close every subscription's stream
+            for stream in opened:
+                stream.close()
+
+    streams = Streams(ShuttingHub(), store.read, heartbeat=60, drain_retry_ms=10_000)
+    try:
+        peers = []
+        for i in range(30):
+            stream, peer = open_stream(streams, Subscription(i, None))
+            opened.append(stream)
+            peers.append(peer)
+        for peer in peers:
+            peer.frames(1)  # the head's retry: 3000
+        streams.drain()
+        retries = set()
+        for peer in peers:
+            (frame,) = peer.frames(1)
+            assert frame.startswith(b"retry: ")
+            retries.add(int(frame[7:]))
+            assert peer.at_eof()
+        assert all(500 <= r <= 10_000 for r in retries) and len(retries) > 20, "spread out"
+    finally:
+        streams.stop()

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -75,7 +76,7 @@ def test_send_succeeds_and_warns_when_redis_is_down(client, auth, users, app, ca
     with caplog.at_level(logging.WARNING, logger="app.notifications.store"):
         r = client.post("/send_message/bob", data={"message": "during an outage"})
     assert r.status_code == 302
-    assert "could not publish unread_message_count" in caplog.text
+    assert "could not publish to Redis" in caplog.text
     auth.logout()
     auth.login("bob")
     events = client.get("/notifications?since=0").get_json()
@@ -184,3 +185,20 @@ def test_flask_notify_refuses_what_must_not_be_stored_with_a_message(runner, app
     assert message in result.output and "Traceback" not in result.output
     with app.app_context():
         assert db.session.scalar(sa.select(sa.func.count(Notification.id))) == 0, "nothing half-written"
+
+
+def test_repeated_publish_failures_are_summed_up_not_logged_each(caplog):
+    from app.tally import FailureTally
+
+    tally = FailureTally(logging.getLogger("tally-test"), "publish to Redis", interval=0.05)
+    with caplog.at_level(logging.INFO, logger="tally-test"):
+        for _ in range(200):
+            tally.failed(ConnectionError("Connection refused"))
+        time.sleep(0.06)
+        tally.failed(ConnectionError("Connection refused"))
+        tally.succeeded()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("could not publish to Redis: Connection refused")
+    assert "200 more times" in lines[1] and "Connection refused" in lines[1]
+    assert lines[2] == "could publish to Redis again"
