@@ -5,14 +5,25 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import redis
 from playwright.sync_api import expect
 
 from tests.e2e.conftest import wait_for_stream
 from tests.e2e.test_proxy_tabs import NO_SHARING
 from tests.helpers import user_id
+from tests.servers import LiveServer
 
 TABS = 12
+
+
+@pytest.fixture(scope="module")
+def server(server_env, tmp_path_factory):
+    """This module's gunicorn counts every user's streams (the per-user cap's leases in Redis)."""
+    env = {**server_env, "MAX_STREAMS_PER_USER": "50"}
+    live = LiveServer(env, tmp_path_factory.mktemp("log") / "gunicorn.log").start()
+    yield live
+    live.stop()
 
 
 def streams_of(redis_url: str, uid: int) -> int:
