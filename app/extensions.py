@@ -95,13 +95,17 @@ class _RealtimeState:
         self._forked()
         if self._redis is None:
             # Fail fast, no retries: a send must not hang while Redis is away; replay covers it.
-            self._redis = redis.Redis.from_url(
+            # A small pool that greenlets wait for: a burst of connects (a deploy) or sends must
+            # not open a Redis connection per request; Redis connections stay flat in traffic.
+            pool = redis.BlockingConnectionPool.from_url(
                 self.app.config["REDIS_URL"],
+                max_connections=8,
+                timeout=2,
                 socket_connect_timeout=1,
                 socket_timeout=2,
                 health_check_interval=30,
-                retry=Retry(NoBackoff(), 0),
             )
+            self._redis = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
         return self._redis
 
     @redis.setter
