@@ -7,6 +7,7 @@ import time
 
 import pytest
 import redis
+import sqlalchemy as sa
 from playwright.sync_api import expect
 
 from tests.e2e.conftest import wait_for_stream
@@ -157,3 +158,40 @@ def test_without_web_locks_and_broadcastchannel_every_tab_has_its_own_stream(
     assert alice.send(bob.username, "to each stream").status_code == 302
     for tab in tabs:
         expect(tab.locator("#message_count")).to_have_text("1", timeout=1000)
+
+
+def test_a_progress_event_carrying_a_foreign_link_never_becomes_one(
+    make_user, login_page, server_env, redis_url
+):
+    import json
+
+    bob = make_user("bob")
+    uid = user_id(server_env, bob.username)
+    engine = sa.create_engine(server_env["DATABASE_URL"])
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO task (id, name, description, user_id, status, progress, created_at) "
+                "VALUES ('t-links', 'export_messages', 'Exporting your messages', :u, 'running', 10, :t)"
+            ),
+            {"u": uid, "t": "2026-01-01 00:00:00"},
+        )
+    engine.dispose()
+    page = login_page(bob)
+    page.goto("/messages")
+    wait_for_stream(page)
+    r = redis.Redis.from_url(redis_url)
+    status, link = page.locator(".task .task-status"), page.locator(".task .task-download")
+
+    def progress(percent: int, url: str) -> None:
+        data = {"task_id": "t-links", "progress": percent, "status": "running", "download_url": url}
+        r.publish(f"notifications:{uid}", json.dumps({"name": "task_progress", "data": data}))
+
+    progress(100, "javascript:alert(1)")
+    progress(100, "https://elsewhere.example/exports/t-links")
+    r.publish(f"notifications:{uid}", json.dumps({"name": "announcement", "data": "after the links"}))
+    expect(page.locator("#toasts")).to_contain_text("after the links", timeout=3000)  # both handled
+    expect(status).to_have_text("100%")
+    assert link.count() == 0, "neither became a link"
+    progress(100, "/exports/t-links")
+    expect(link).to_have_attribute("href", "/exports/t-links", timeout=3000)
