@@ -18,6 +18,7 @@ import socket
 import time
 from collections.abc import Iterable
 
+import gevent
 import redis
 
 log = logging.getLogger(__name__)
@@ -68,17 +69,26 @@ class StreamCap:
         except redis.RedisError as exc:
             log.warning("could not release user %s's stream lease (%s); it expires by itself", user_id, exc)
 
-    def renew(self, leases: Iterable[tuple[int, str]]) -> None:
-        """Extend the leases of streams still open (one round trip)."""
+    def renew(self, leases: Iterable[tuple[int, str]], batch: int = 500) -> None:
+        """Extend the leases of streams still open: two commands per user, ``batch`` users per
+        round trip, yielding to the other greenlets between batches (50,000 streams must not
+        hold the event loop for the time it takes to build every command at once)."""
         if not self.limit:
             return
+        by_user: dict[int, dict[str, float]] = {}
         expires = time.time() + self.lease_seconds
-        pipe = self.client.pipeline(transaction=False)
         for user_id, lease in leases:
-            key = KEY.format(user_id=user_id)
-            pipe.zadd(key, {lease: expires}, xx=True)
-            pipe.expire(key, int(self.lease_seconds) + 1)
-        try:
-            pipe.execute()
-        except redis.RedisError as exc:
-            log.warning("could not renew stream leases (%s)", exc)
+            by_user.setdefault(user_id, {})[lease] = expires
+        users = list(by_user.items())
+        for start in range(0, len(users), batch):
+            pipe = self.client.pipeline(transaction=False)
+            for user_id, mine in users[start : start + batch]:
+                key = KEY.format(user_id=user_id)
+                pipe.zadd(key, mine, xx=True)
+                pipe.expire(key, int(self.lease_seconds) + 1)
+            try:
+                pipe.execute()
+            except redis.RedisError as exc:
+                log.warning("could not renew stream leases (%s)", exc)
+                return
+            gevent.sleep(0)

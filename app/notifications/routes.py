@@ -124,11 +124,15 @@ class StreamHandover(Response):
                 429, f"you have {streams.cap.limit} notification streams open already; close a tab"
             )(environ, start_response)
         sub = streams.hub.subscribe(self.user_id, self.login)
+
+        def give_back() -> None:  # no-ops once the stream was adopted: closing it releases both
+            streams.hub.unsubscribe(sub)
+            streams.cap.release(self.user_id, lease)
+
         try:
             backlog = stored_events(self.user_id, self.cursor)
         except Exception:
-            streams.hub.unsubscribe(sub)
-            streams.cap.release(self.user_id, lease)
+            give_back()
             log.exception("could not read the notification store for a stream")
             return _unavailable("notifications are unavailable for a moment")(environ, start_response)
         unseen = Unseen(self.cursor)
@@ -139,13 +143,10 @@ class StreamHandover(Response):
                 streams, lambda fd: streams.adopt(sub, fd, unseen, self._head() + body, lease)
             )
         except HandoverRefused as exc:
-            streams.hub.unsubscribe(sub)
-            streams.cap.release(self.user_id, lease)
+            give_back()
             return _unavailable(str(exc))(environ, start_response)
         except Exception:
-            # No-ops when the stream was adopted: its closing released both.
-            streams.hub.unsubscribe(sub)
-            streams.cap.release(self.user_id, lease)
+            give_back()
             raise
         start_response(self.status, self._headers())  # for middleware: gunicorn writes nothing now
         return []

@@ -294,3 +294,16 @@ def test_draining_spreads_the_reconnects_with_a_retry_each_then_closes(hub, stor
         assert all(500 <= r <= 10_000 for r in retries) and len(retries) > 20, "spread out"
     finally:
         streams.stop()
+
+
+def test_renewed_leases_outlive_their_first_term():
+    import fakeredis
+
+    from app.notifications.caps import StreamCap
+
+    cap = StreamCap(fakeredis.FakeRedis(), limit=2, lease_seconds=0.3)
+    leases = [(1, cap.acquire(1)), (1, cap.acquire(1))]
+    for _ in range(3):
+        gevent.sleep(0.15)
+        cap.renew(leases, batch=1)
+    assert cap.acquire(1) is None, "both streams still count"
