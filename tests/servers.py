@@ -157,6 +157,8 @@ class _Logged:
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.env = {**os.environ, **env}
         self.log_path = log
+        # Where its stdout and stderr go: the log itself, unless the server keeps a log of its own.
+        self.output_path = log
         self.proc: subprocess.Popen | None = None
         self._checked = 0
 
@@ -170,7 +172,7 @@ class _Logged:
 
     def _spawn(self) -> None:
         _Logged.started.append(self)
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.output_path, "ab")
         self.proc = subprocess.Popen(
             self.command, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
         )
@@ -264,15 +266,11 @@ class NginxServer(_Logged):
         self.command = ["nginx", "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf")]
         (self.prefix / "error.log").touch()
         super().__init__({}, self.prefix / "error.log")
+        self.output_path = self.prefix / "stdout.log"
 
     @property
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
-
-    def _spawn(self) -> None:
-        _Logged.started.append(self)
-        self._log = open(self.prefix / "stdout.log", "ab")
-        self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT)
 
     def start(self) -> NginxServer:
         self._spawn()
@@ -281,7 +279,7 @@ class NginxServer(_Logged):
 
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
-            raise AssertionError(f"nginx exited: {(self.prefix / 'stdout.log').read_text()} {self.log()}")
+            raise AssertionError(f"nginx exited: {self.output_path.read_text()} {self.log()}")
         try:
             return httpx.get(self.url + "/healthz", verify=False, timeout=1).status_code == 200
         except httpx.HTTPError:

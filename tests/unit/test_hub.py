@@ -14,7 +14,8 @@ import pytest
 import redis
 
 from app.notifications.events import Event
-from app.notifications.hub import Hub, Subscription, session_tag
+from app.notifications.hub import Hub, Subscription
+from app.notifications.kinds import session_tag
 
 
 class ScriptedPubSub:
