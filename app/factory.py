@@ -58,7 +58,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 def _engine_options(app: Flask) -> None:
     """Pool settings per database: streams hold no connection, requests hold one briefly."""
     uri = app.config["SQLALCHEMY_DATABASE_URI"]
-    options: dict[str, Any] = {"pool_pre_ping": True}
+    options: dict[str, Any] = {}
+    if not uri.startswith("sqlite"):
+        # A server restart must cost no request an error: test each connection as it leaves
+        # the pool (SQLite is a file in this process; nothing to ping).
+        options["pool_pre_ping"] = True
     if uri.startswith("postgresql"):
         options.update(pool_size=10, max_overflow=20, pool_timeout=10)
     app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", options)

@@ -112,6 +112,9 @@ class StreamHandover(Response):
         self.user_id, self.login, self.cursor = user_id, login, cursor
 
     def __call__(self, environ, start_response):
+        # The user is loaded: give the database connection back while Redis is asked, or a
+        # burst of connects (a deploy) holds one each and overflows the pool.
+        db.session.close()
         streams = realtime.streams
         if streams.full:
             log.warning("refused a stream: this worker holds %d, its limit", len(streams))
