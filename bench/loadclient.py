@@ -46,7 +46,7 @@ def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
 class Stream:
     """One SSE connection."""
 
-    __slots__ = ("client", "spec", "sock", "open", "last_id", "connected_at")
+    __slots__ = ("client", "spec", "sock", "open", "last_id", "connected_at", "retry", "last_count")
 
     def __init__(self, client: "Client", spec: dict) -> None:
         self.client = client
@@ -55,6 +55,8 @@ class Stream:
         self.open = False
         self.last_id = None
         self.connected_at = 0.0
+        self.retry = None  # the server's last ``retry:``, in seconds, as an EventSource keeps it
+        self.last_count = None
 
     def connect(self) -> bool:
         c = self.client
@@ -119,7 +121,7 @@ class Stream:
         c.closed += 1
         sock.close()
         if c.reconnect and not c.stopping:
-            gevent.spawn_later(c.retry_seconds, self.reconnect)
+            gevent.spawn_later(c.retry_seconds if self.retry is None else self.retry, self.reconnect)
 
     def reconnect(self) -> None:
         delay = 0.5
@@ -146,6 +148,7 @@ class Client:
         self.last_connect = 0.0
         self.reconnect = True
         self.retry_seconds = 0.5
+        self.honour_retry = False
         self.stopping = False
         self.latencies: list[float] = []  # bench events: receive time minus the publisher's time
         self.counts: list[tuple[int, int, float]] = []  # (user_id, count, receive time)
@@ -171,12 +174,16 @@ class Client:
             end = len(block) if end == -1 else end
             body = json.loads(block[i + len(COUNT_MARK) : end])
             self.counts.append((stream.spec.get("user_id", 0), body["data"], now))
+            stream.last_count = body["data"]
             self.events += 1
             start = end
-        # Keep the newest id, as an EventSource would, for Last-Event-ID on reconnect.
+        # Keep the newest id, as an EventSource would, for Last-Event-ID on reconnect, and the
+        # server's reconnection time (a draining worker spreads its clients with it).
         for line in block.split(b"\n"):
             if line.startswith(b"id: "):
                 stream.last_id = line[4:].decode()
+            elif line.startswith(b"retry: ") and self.honour_retry:
+                stream.retry = int(line[7:]) / 1000
 
     def open_streams(self, specs: list[dict], concurrency: int) -> dict:
         started = time.time()
@@ -268,11 +275,19 @@ def main() -> None:
             result = client.take()
         elif name == "poll":
             result = client.poll(cmd["specs"], cmd["interval"], cmd["duration"])
+        elif name == "converged":
+            want = cmd["expected"]
+            result = {
+                "converged": sum(
+                    s.open and s.last_count == want.get(str(s.spec.get("user_id"))) for s in client.streams
+                )
+            }
         elif name == "close":
             result = client.close_all()
         elif name == "config":
             client.reconnect = cmd.get("reconnect", client.reconnect)
             client.retry_seconds = cmd.get("retry_seconds", client.retry_seconds)
+            client.honour_retry = cmd.get("honour_retry", client.honour_retry)
             result = {"ok": True}
         elif name == "exit":
             break

@@ -1,0 +1,306 @@
+"""Tidings' own scenarios: streams and their cost, latency, delivery rate, restart, polling, hold."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import httpx
+
+from bench.harness import PASSWORD, CpuMeter, Load, Rig, Server, kernel_slab, percentiles, scenario, src
+
+
+@scenario("streams")
+def streams(rig: Rig) -> dict:
+    """(a–c) memory, kernel memory, Redis connections and connect CPU at rising numbers of
+    streams; (d) send→event at some of them; (f) the idle cost at the largest."""
+    p = rig.p
+    server = rig.server("tidings-streams")
+    load = Load(server.port, p["load_processes"])
+    load.same({"cmd": "config", "reconnect": False})
+    out: dict = {}
+    try:
+        base_rss, base_redis, base_slab = server.rss(), rig.redis.info(), kernel_slab()
+        out["baseline"] = {"app_rss": base_rss, **base_redis}
+        levels = []
+        for level in p["streams_levels"]:
+            users = max(1, min(p["users"], level // 10))
+            load.close()
+            slab_before = kernel_slab()
+            cpu = CpuMeter({"app": server.worker_pids()})
+            started = time.time()
+            r = load.open(rig.specs(level, users))
+            connect_cpu = cpu.cores_used(time.time() - started)["app"] * (time.time() - started)
+            time.sleep(2)
+            info, rss, slab = rig.redis.info(), server.rss(), kernel_slab()
+            opened = max(1, r["opened"])
+            levels.append(
+                {
+                    "streams": level,
+                    "users": users,
+                    "opened": r["opened"],
+                    "errors": r["errors"],
+                    "connect_seconds": round(r["seconds"], 2),
+                    "connect_cpu_ms_per_stream": round(connect_cpu / opened * 1000, 3),
+                    "app_rss_per_stream_kb": round((rss - base_rss) / opened / 1024, 2),
+                    "kernel_slab_per_stream_kb": round((slab - slab_before) / opened / 1024, 2),
+                    "kernel_slab_since_baseline_per_stream_kb": round((slab - base_slab) / opened / 1024, 2),
+                    "redis_used_memory_per_stream_b": round(
+                        (info["used_memory"] - base_redis["used_memory"]) / opened, 1
+                    ),
+                    "redis_connected_clients": info["connected_clients"],
+                }
+            )
+            print("tidings level", levels[-1], flush=True)
+            if level in p["send_at"]:
+                out.setdefault("send_to_event", {})[str(level)] = send_to_event(
+                    rig, server, load, users, level // users
+                )
+        out["levels"] = levels
+        c0 = server.counters()
+        time.sleep(p["idle_seconds"])
+        c1 = server.counters()
+        out["idle"] = {
+            "streams": levels[-1]["opened"],
+            "seconds": p["idle_seconds"],
+            "sql_per_s": round((c1["sql_statements"] - c0["sql_statements"]) / p["idle_seconds"], 3),
+            "http_requests_per_s": round((c1["http_requests"] - c0["http_requests"]) / p["idle_seconds"], 3),
+        }
+        print("tidings idle", out["idle"], flush=True)
+    finally:
+        load.close()
+        load.exit()
+        server.stop()
+    return out
+
+
+def send_to_event(rig: Rig, server: Server, load: Load, users: int, tabs: int) -> dict:
+    """A user POSTs /send_message; the recipient's tabs receive the new unread count."""
+    sender = httpx.Client(base_url=server.url, timeout=10)
+    page = sender.get("/auth/login")
+    token = page.text.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+    sender.post("/auth/login", data={"csrf_token": token, "username": "benchsender", "password": PASSWORD})
+    load.take()
+    sends = []
+    for i in range(rig.p["sends"]):
+        user = rig.users[i % users]
+        t = time.time()
+        r = sender.post(f"/send_message/{user['username']}", data={"csrf_token": token, "message": f"m{i}"})
+        assert r.status_code == 302, r.status_code
+        sends.append((user["id"], t))
+        time.sleep(0.02)
+    time.sleep(1)
+    counts = load.take()["counts"]
+    latencies = []
+    for uid, t in sends:
+        mine = sorted(rt for u, _, rt in counts if u == uid and rt >= t)
+        latencies += [rt - t for rt in mine[:tabs]]
+    sender.close()
+    rig.samples[f"Tidings send→event ({load.stats()['open']} streams)"] = latencies
+    return {
+        "sends": len(sends),
+        "tabs_per_user": tabs,
+        "deliveries": len(latencies),
+        "latency_ms": percentiles(latencies),
+    }
+
+
+@scenario("publish")
+def publish(rig: Rig) -> dict:
+    """(d) publish→event: bench events PUBLISHed at a steady rate, latency at the streams."""
+    p = rig.p
+    server = rig.server("tidings-publish")
+    load = Load(server.port, p["load_processes"])
+    load.same({"cmd": "config", "reconnect": False})
+    out: dict = {}
+    try:
+        for n, rate in p["publish_loads"]:
+            users = n // 10
+            load.close()
+            load.open(rig.specs(n, users))
+            time.sleep(1)
+            r = rig.publish_run(server, load, users, 10, rate, p["duration"], peer=False)
+            rig.samples[f"Tidings publish→event ({n} streams, {rate}/s)"] = r.pop("_samples")
+            out[f"{n}@{rate}"] = r
+            print("tidings publish", n, rate, r, flush=True)
+    finally:
+        load.close()
+        load.exit()
+        server.stop()
+    return out
+
+
+@scenario("rate")
+def rate(rig: Rig) -> dict:
+    """(e) the highest delivery rate with p99 ≤ 100 ms and nothing lost."""
+    p = rig.p
+    server = rig.server("tidings-rate")
+    load = Load(server.port, p["load_processes"])
+    load.same({"cmd": "config", "reconnect": False})
+    try:
+        users = p["rate_streams"] // 10
+        load.open(rig.specs(p["rate_streams"], users))
+        time.sleep(1)
+        out = rig.rate_steps(server, load, users, 10, peer=False)
+        print("tidings rate", out["max_sustained_deliveries_per_s"], flush=True)
+    finally:
+        load.close()
+        load.exit()
+        server.stop()
+    return out
+
+
+@scenario("restart")
+def restart(rig: Rig) -> dict:
+    """(g) a deploy: ``kill -HUP`` of the master under ``restart_streams`` streams on 2 workers.
+
+    The clients honour every ``retry:`` as an EventSource does, so the draining workers'
+    jittered ``retry:`` spreads them out. A count stored and published for every user while
+    the streams are away must reach every stream (replayed from its Last-Event-ID): none lost.
+    """
+    p = rig.p
+    n = p["restart_streams"]
+    users = n // 10
+    per_load = 16000  # each load process stays under the descriptor limit
+    server = rig.server("tidings-restart", workers=2)
+    load = Load(server.port, max(p["load_processes"], -(-n // per_load)))
+    load.same({"cmd": "config", "honour_retry": True})
+    ids = [u["id"] for u in rig.users[:users]]
+    # What a worker's boot costs, to take out of the new workers' CPU below.
+    boot_cpu = CpuMeter._cpu(server.worker_pids()) / 2
+    try:
+        r = load.open(rig.specs(n, users))
+        rig.set_unread(ids, 1)
+        wait_until(lambda: load.converged(dict.fromkeys(ids, 1)) >= r["opened"], 60)
+        before = load.stats()
+        hup = time.time()
+        server.proc.send_signal(signal.SIGHUP)
+        # While they are away (the old workers drain at once; the new ones are booting).
+        time.sleep(0.5)
+        rig.set_unread(ids, 2)
+        back = wait_until(
+            lambda: (
+                (s := load.stats())["opened"] - before["opened"] >= before["open"]
+                and s["open"] >= before["open"]
+            ),
+            120,
+        )
+        s = load.stats()
+        converged = wait_until(lambda: load.converged(dict.fromkeys(ids, 2)) >= before["open"], 60)
+        got = load.converged(dict.fromkeys(ids, 2))
+        reconnects = s["opened"] - before["opened"]
+        # The new workers' CPU since they booted: every reconnect, replay and the count.
+        app_cpu = CpuMeter._cpu(server.worker_pids()) - 2 * boot_cpu
+        out = {
+            "streams": before["open"],
+            "workers": 2,
+            "drain_window_ms": int(rig.env.get("SSE_DRAIN_RETRY_MS", 5000)),
+            "reconnects": reconnects,
+            "reconnected": s["open"],
+            "all_back_seconds": round(s["last_connect"] - hup, 2) if back else None,
+            "converged_seconds": round(converged - hup, 2) if converged else None,
+            "lost": before["open"] - got,
+            "connect_errors": s["errors"] - before["errors"],
+            "new_workers_cpu_ms_per_reconnect": round(app_cpu / max(1, reconnects) * 1000, 3),
+        }
+        print("tidings restart", out, flush=True)
+    finally:
+        load.close()
+        load.exit()
+        server.stop()
+    return out
+
+
+def wait_until(check, timeout: float) -> float | None:
+    """Poll ``check`` every 0.1 s; the time it first held, or None after ``timeout``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return time.time()
+        time.sleep(0.1)
+    return None
+
+
+@scenario("polling")
+def polling(rig: Rig) -> dict:
+    """The seed's client against the same server: GET /notifications?since= every 10 s."""
+    p = rig.p
+    server = rig.server("tidings-polling")
+    load = Load(server.port, p["load_processes"])
+    try:
+        n = p["polling_clients"]
+        since = time.time()
+        specs = [
+            {"cookie": rig.users[i]["cookie"], "path": f"/notifications?since={since}", "src": src(i)}
+            for i in range(n)
+        ]
+        parts = [specs[i :: len(load.procs)] for i in range(len(load.procs))]
+        c0 = server.counters()
+        t0 = time.time()
+        results = load.ask_all(
+            [
+                {"cmd": "poll", "specs": part, "interval": 10.0, "duration": p["polling_seconds"]}
+                for part in parts
+            ]
+        )
+        elapsed = time.time() - t0
+        c1 = server.counters()
+    finally:
+        load.exit()
+        server.stop()
+    lat = [x for r in results for x in r["latencies"]]
+    requests = sum(r["requests"] for r in results)
+    # A notification waits on average half the interval for the next poll, at worst all of it.
+    implied = [(i + 0.5) / len(lat) * 10.0 + lat[i] for i in range(len(lat))] if lat else []
+    rig.samples["Polling every 10 s (implied)"] = implied
+    out = {
+        "clients": n,
+        "interval_s": 10.0,
+        "seconds": round(elapsed, 1),
+        "requests_per_s": round(requests / elapsed, 1),
+        "errors": sum(r["errors"] for r in results),
+        "sql_per_s": round((c1["sql_statements"] - c0["sql_statements"]) / elapsed, 1),
+        "response_ms": percentiles(lat),
+        "implied_latency_ms": percentiles(implied),
+    }
+    print("polling", out, flush=True)
+    return out
+
+
+@scenario("hold")
+def hold(rig: Rig) -> dict:
+    """(a) The most concurrent streams held for a while with no error."""
+    target, seconds = rig.p["hold"]
+    per_worker = 16000
+    workers = max(int(os.environ.get("WEB_CONCURRENCY", "2")), -(-target // per_worker))
+    server = rig.server("tidings-hold", workers=workers)
+    procs = max(rig.p["load_processes"], -(-target // 16000))
+    load = Load(server.port, procs)
+    load.same({"cmd": "config", "reconnect": False})
+    base_rss = server.rss()
+    try:
+        r = load.open(rig.specs(target, max(1, target // 10)))
+        time.sleep(seconds)
+        s = load.stats()
+        info = rig.redis.info()
+        out = {
+            "target": target,
+            "workers": workers,
+            "load_processes": procs,
+            "opened": r["opened"],
+            "connect_errors": r["errors"],
+            "open_after_hold": s["open"],
+            "hold_seconds": seconds,
+            "dropped": r["opened"] - s["open"],
+            "connect_seconds": round(r["seconds"], 1),
+            "redis_connected_clients": info["connected_clients"],
+            "app_rss_per_stream_kb": round((server.rss() - base_rss) / max(1, s["open"]) / 1024, 2),
+            "last_error": r["last_error"],
+        }
+        print("tidings held", out, flush=True)
+    finally:
+        load.close()
+        load.exit()
+        server.stop()
+    return out
