@@ -1,0 +1,174 @@
+"""Deploys and outages as browsers live them: a HUP cuts each stream once, an outage stays readable.
+
+The tabs here behave as EventSource does: they honour the server's ``retry:``, reconnect with
+``Last-Event-ID`` and keep the last unread count they saw.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.helpers import WebUser
+from tests.servers import LiveServer, wait_until
+
+# The hub's confirmation wait (app/notifications/hub.py); no handshake may come near it.
+SUBSCRIBE_TIMEOUT = 2.0
+
+
+@dataclass
+class Connection:
+    opened: float
+    handshake: float
+    closed: float | None = None
+
+
+@dataclass(eq=False)
+class Tab:
+    """One browser tab's EventSource, on a thread of its own."""
+
+    user: WebUser
+    stop: threading.Event
+    connections: list[Connection] = field(default_factory=list)
+    refusals: list[tuple[int, float]] = field(default_factory=list)  # (status, handshake seconds)
+    count: int | None = None
+    last_id: str | None = None
+    retry: float = 0.5
+    thread: threading.Thread | None = None
+    stream: object = None
+    closed_by_user: bool = False
+
+    def start(self) -> Tab:
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    @property
+    def open(self) -> bool:
+        return bool(self.connections) and self.connections[-1].closed is None
+
+    def _run(self) -> None:
+        while not self.stop.is_set() and not self.closed_by_user:
+            started = time.monotonic()
+            try:
+                headers = {"Last-Event-ID": self.last_id} if self.last_id else None
+                s = self.user.stream(headers=headers, timeout=10)
+            except OSError:
+                time.sleep(self.retry)
+                continue
+            handshake = time.monotonic() - started
+            if s.status != 200:
+                self.refusals.append((s.status, handshake))
+                s.close()
+                time.sleep(self.retry)
+                continue
+            conn = Connection(opened=time.monotonic(), handshake=handshake)
+            self.connections.append(conn)
+            self.stream = s
+            try:
+                while (block := s.next_block()) is not None:
+                    if block.retry:
+                        self.retry = int(block.retry) / 1000
+                    if block.id:
+                        self.last_id = block.id
+                    if block.event == "unread_message_count":
+                        self.count = block.json["data"]
+            except OSError:
+                pass
+            conn.closed = time.monotonic()
+            s.close()
+            if not self.stop.is_set() and not self.closed_by_user:
+                time.sleep(self.retry)
+
+    def close(self) -> None:
+        """Close the tab: its stream ends and it does not reconnect."""
+        self.closed_by_user = True
+        if self.stream is not None:
+            self.stream.close()
+
+
+@pytest.fixture
+def tabs():
+    """Start tabs with ``open_tab(user)``; all are closed at the end."""
+    stop = threading.Event()
+    made: list[Tab] = []
+
+    def open_tab(user: WebUser) -> Tab:
+        tab = Tab(user, stop).start()
+        made.append(tab)
+        return tab
+
+    yield open_tab
+    stop.set()
+    for tab in made:
+        tab.close()
+    for tab in made:
+        tab.thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def deploy_server(sqlite_env, tmp_path_factory):
+    """Two workers that drain with a short jittered retry:, so ten deploys fit in a test."""
+    env = {**sqlite_env, "SSE_DRAIN_RETRY_MS": "1000"}
+    live = LiveServer(env, tmp_path_factory.mktemp("deploys") / "gunicorn.log").start()
+    yield live
+    live.stop()
+
+
+def register(server: LiveServer, name: str) -> WebUser:
+    user = WebUser(server.url, name)
+    assert user.register().status_code == 302
+    return user.login()
+
+
+def test_every_hup_cuts_each_stream_once_and_no_stream_lands_on_a_stopping_worker(deploy_server, tabs):
+    server = deploy_server
+    users = [register(server, f"deploy{i}") for i in range(10)]
+    sender = register(server, "deploysender")
+    steady = [tabs(u) for u in users for _ in range(2)]
+    wait_until(lambda: all(t.open for t in steady), 20, "every tab connected")
+
+    for repeat in range(10):
+        old = {t: t.connections[-1] for t in steady}
+        hup = time.monotonic()
+        server.proc.send_signal(signal.SIGHUP)
+        # New tabs keep opening while the old workers stop and the new ones boot.
+        fresh: list[Tab] = []
+        while not all(t.open and t.connections[-1] is not old[t] for t in steady):
+            assert time.monotonic() - hup < 20, f"HUP {repeat}: not every tab came back"
+            fresh.append(tabs(users[len(fresh) % len(users)]))
+            time.sleep(0.1)
+        wait_until(lambda ts=fresh: all(t.open for t in ts), 20, "every fresh tab connected")
+        # The old workers' drain: the moment they stopped accepting, give or take a scheduling tick.
+        stopped = min(c.closed for c in old.values())
+        # A message after the deploy reaches both of the recipient's tabs.
+        assert sender.send(users[repeat].username, f"after deploy {repeat}").status_code == 302
+        recipient_tabs = [t for t in steady if t.user is users[repeat]]
+        wait_until(
+            lambda ts=recipient_tabs: all(t.count == 1 for t in ts), 10, "the message reached both tabs"
+        )
+
+        for tab in steady:
+            new = tab.connections[tab.connections.index(old[tab]) + 1 :]
+            # Cut once by the deploy; what it reconnected to is a new worker and stays open.
+            assert len(new) == 1, (
+                f"HUP {repeat}: a tab was cut again after reconnecting ({len(new)} connections)"
+            )
+            assert new[0].handshake < SUBSCRIBE_TIMEOUT, (
+                f"HUP {repeat}: a reconnect waited {new[0].handshake:.2f} s"
+            )
+        for tab in fresh:
+            # Opened while the old workers still served, a fresh tab is cut once at their drain;
+            # a stream opened after they stopped accepting never is.
+            assert all(c.closed is None for c in tab.connections if c.opened > stopped + 0.2), f"HUP {repeat}"
+            assert all(c.handshake < SUBSCRIBE_TIMEOUT for c in tab.connections), f"HUP {repeat}"
+            assert all(status == 503 for status, _ in tab.refusals), f"HUP {repeat}: {tab.refusals}"
+            tab.close()
+        # The recipient reads the message, so the next deploy starts from zero again.
+        assert users[repeat].http.get("/messages").status_code == 200
+        wait_until(lambda ts=recipient_tabs: all(t.count == 0 for t in ts), 10, "the badge went back to 0")
+    assert "no subscription confirmation" not in server.log()
