@@ -99,7 +99,9 @@ def load_config(instance_path: str) -> dict:
         "RATELIMIT_KEY_PREFIX": "tidings-limits",
         "RATELIMIT_HEADERS_ENABLED": True,
         "RATELIMIT_HEADER_RETRY_AFTER_VALUE": "delta-seconds",
-        # Redis away: let requests through rather than answer 500 (and log it).
+        # Redis away: count in this process's memory until it is back (one warning when it goes,
+        # one line when it returns), rather than answer 500 or log a traceback per request.
+        "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
         "RATELIMIT_SWALLOW_ERRORS": True,
         **{name: os.environ.get(name) or default for name, default in RATE_LIMITS.items()},
         # A bearer token that opens /metrics to other hosts (localhost may always read it).

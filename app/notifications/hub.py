@@ -26,6 +26,7 @@ from redis.retry import Retry
 from app import telemetry
 from app.notifications.events import Event, channel_for, user_id_from_channel
 from app.notifications.kinds import SESSION_ENDED, session_tag
+from app.tally import FailureTally
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,12 @@ class Hub:
         self._greenlets: list[gevent.Greenlet] = []
         self._stopping = False
         self.connected = gevent.event.Event()
+        # Set once the listener failed to reach Redis, until it is back: a new stream then
+        # does not wait for a confirmation that cannot come (it re-reads the store when the
+        # listener reconnects), and an outage is summed up in the log, not a line per retry.
+        self._lost = False
+        self._outage = FailureTally(log, "reach Redis from the notification hub")
+        self._unconfirmed = FailureTally(log, "get a subscription confirmed in time")
 
     @classmethod
     def for_app(cls, app) -> Hub:
@@ -180,10 +187,12 @@ class Hub:
             with self._write_lock:
                 self._pending[channel] = self._pending.get(channel, 0) + 1
                 self._send("SUBSCRIBE", channel)
-        if channel not in self._subscribed:
+        if channel not in self._subscribed and not self._lost and not self._stopping:
             waiter = self._waiters.setdefault(channel, gevent.event.Event())
             if not waiter.wait(self.subscribe_timeout):
-                log.warning("no subscription confirmation for %s yet (Redis away?)", channel)
+                self._unconfirmed.failed(f"none for {channel} within {self.subscribe_timeout:g} s")
+            else:
+                self._unconfirmed.succeeded()
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -261,7 +270,7 @@ class Hub:
             try:
                 conn.send_command(*args, check_health=False)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                log.warning("hub could not send %s: %s", args[0], exc)
+                self._outage.failed(f"could not send {args[0]}: {exc}")
                 # Closing it fails the listener's read: it reconnects and subscribes everything wanted.
                 self._conn = None
                 conn.disconnect()
@@ -287,7 +296,8 @@ class Hub:
                         log.exception("hub dropped a reply it could not handle")
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 telemetry.HUB_RECONNECTS.inc()
-                log.warning("hub lost Redis (%s); reconnecting in %.1fs", exc, delay)
+                self._lost = True
+                self._outage.failed(exc)
             finally:
                 self._detach(conn)
             if not self._stopping:
@@ -304,6 +314,8 @@ class Hub:
             if channels:
                 conn.send_command("SUBSCRIBE", *channels, check_health=False)
         self.connected.set()
+        self._lost = False
+        self._outage.succeeded()
         telemetry.HUB_CONNECTED.set(1)
         log.info("hub connected to Redis; subscribed to %d channels", len(channels))
 

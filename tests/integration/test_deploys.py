@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.helpers import WebUser
-from tests.servers import LiveServer, wait_until
+from tests.servers import LiveServer, RedisServer, wait_until
 
 # The hub's confirmation wait (app/notifications/hub.py); no handshake may come near it.
 SUBSCRIBE_TIMEOUT = 2.0
@@ -171,4 +171,77 @@ def test_every_hup_cuts_each_stream_once_and_no_stream_lands_on_a_stopping_worke
         # The recipient reads the message, so the next deploy starts from zero again.
         assert users[repeat].http.get("/messages").status_code == 200
         wait_until(lambda ts=recipient_tabs: all(t.count == 0 for t in ts), 10, "the badge went back to 0")
-    assert "no subscription confirmation" not in server.log()
+    assert "get a subscription confirmed" not in server.log()
+
+
+@pytest.fixture
+def outage_server(sqlite_env, tmp_path):
+    """Limits and the stream cap on, as in production, all on a Redis the test may stop."""
+    (tmp_path / "redis").mkdir()
+    own_redis = RedisServer(tmp_path / "redis").start()
+    env = {
+        **sqlite_env,
+        "REDIS_URL": own_redis.url,
+        "RATELIMIT_ENABLED": "1",
+        "SEND_RATE": "10000 per minute",
+        "STREAM_RATE": "10000 per minute",
+        "LOGIN_RATE_PER_ADDRESS": "1000 per minute",
+        "REGISTER_RATE": "1000 per hour",
+        "MAX_STREAMS_PER_USER": "32",
+    }
+    live = LiveServer(env, tmp_path / "gunicorn.log").start()
+    yield live, own_redis
+    live.stop()
+    own_redis.kill()
+
+
+OUTAGE_SECONDS = 30.0
+
+
+def test_a_30_s_redis_outage_under_traffic_logs_a_few_lines_per_10_s(outage_server, tabs):
+    server, own_redis = outage_server
+    users = [register(server, f"outage{i}") for i in range(5)]
+    sender = register(server, "outagesender")
+    steady = [tabs(u) for u in users for _ in range(2)]
+    wait_until(lambda: all(t.open for t in steady), 20, "every tab connected")
+
+    stop = threading.Event()
+    sent = {u.username: 0 for u in users}
+
+    def traffic() -> None:
+        """A send every 50 ms, a page every 50 ms, a tab opened and closed every 200 ms."""
+        n = 0
+        while not stop.is_set():
+            user = users[n % len(users)]
+            assert sender.send(user.username, f"m{n}").status_code == 302
+            sent[user.username] += 1
+            assert users[(n + 1) % len(users)].http.get("/").status_code == 200
+            if n % 4 == 0:
+                tab = tabs(users[(n + 2) % len(users)])
+                time.sleep(0.05)
+                tab.close()
+            n += 1
+            time.sleep(0.05)
+
+    log_before = len(server.log())
+    worker = threading.Thread(target=traffic, daemon=True)
+    worker.start()
+    time.sleep(1)
+    own_redis.kill()
+    down = server.log()[log_before:]
+    time.sleep(OUTAGE_SECONDS)
+    during = server.log()[log_before + len(down) :]
+    own_redis.start()
+    time.sleep(2)
+    stop.set()
+    worker.join(10)
+
+    lines = [line for line in during.splitlines() if line.strip()]
+    windows = OUTAGE_SECONDS / 10
+    assert len(lines) <= 8 * windows, "\n".join(lines[:40])
+    # And the tabs converge to the truth once Redis is back.
+    for user in users:
+        mine = [t for t in steady if t.user is user]
+        wait_until(
+            lambda ts=mine, n=sent[user.username]: all(t.count == n for t in ts), 20, "badges at the truth"
+        )
