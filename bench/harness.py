@@ -416,7 +416,7 @@ class Rig:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def create_users(db_url: str, n: int) -> list[dict]:
+def create_users(db_url: str, n: int, prefix: str = "bench", secret: str = "bench-secret") -> list[dict]:
     """Bench users straight through the app's models: one password hash for all, signed session cookies."""
     from werkzeug.security import generate_password_hash
 
@@ -424,27 +424,35 @@ def create_users(db_url: str, n: int) -> list[dict]:
     from app.extensions import db
     from app.models import Login, User
 
-    app = create_app({"SQLALCHEMY_DATABASE_URI": db_url, "SECRET_KEY": "bench-secret"})
+    app = create_app({"SQLALCHEMY_DATABASE_URI": db_url, "SECRET_KEY": secret})
     shared_hash = generate_password_hash(PASSWORD)
     with app.app_context():
         rows = [
-            {"username": f"bench{i}", "email": f"bench{i}@example.com", "password_hash": shared_hash}
+            {"username": f"{prefix}{i}", "email": f"{prefix}{i}@example.com", "password_hash": shared_hash}
             for i in range(n)
         ]
-        rows.append({"username": "benchsender", "email": "sender@example.com", "password_hash": shared_hash})
+        rows.append(
+            {
+                "username": f"{prefix}sender",
+                "email": f"{prefix}sender@example.com",
+                "password_hash": shared_hash,
+            }
+        )
         db.session.execute(User.__table__.insert(), rows)
         db.session.commit()
         ids = dict(db.session.execute(db.select(User.username, User.id)).all())
         # One login per user: the cookie carries its token, as a real login's does.
-        logins = [{"token": f"bench-login-{ids[f'bench{i}']}", "user_id": ids[f"bench{i}"]} for i in range(n)]
+        logins = [
+            {"token": f"bench-login-{ids[f'{prefix}{i}']}", "user_id": ids[f"{prefix}{i}"]} for i in range(n)
+        ]
         db.session.execute(Login.__table__.insert(), logins)
         db.session.commit()
         serializer = app.session_interface.get_signing_serializer(app)
         users = []
         for i in range(n):
-            uid = ids[f"bench{i}"]
+            uid = ids[f"{prefix}{i}"]
             cookie = serializer.dumps({"_user_id": f"bench-login-{uid}", "_fresh": False})
-            users.append({"id": uid, "username": f"bench{i}", "cookie": f"session={cookie}"})
+            users.append({"id": uid, "username": f"{prefix}{i}", "cookie": f"session={cookie}"})
         db.engine.dispose()
     return users
 

@@ -6,6 +6,8 @@ import json
 import re
 import socket
 import ssl
+import threading
+import time
 from dataclasses import dataclass, field
 
 import httpx
@@ -222,3 +224,105 @@ def user_id(env: dict[str, str], username: str) -> int:
         uid = conn.execute(sa.text('SELECT id FROM "user" WHERE username = :u'), {"u": username}).scalar()
     engine.dispose()
     return uid
+
+
+@dataclass
+class Connection:
+    """One stream a tab held: when it opened, how long its handshake took, what came on it."""
+
+    opened: float
+    handshake: float
+    closed: float | None = None
+    ids: list[int] = field(default_factory=list)
+    keys: list[tuple[str, int]] = field(default_factory=list)  # (what the store keeps it by, id)
+
+
+@dataclass(eq=False)
+class Tab:
+    """A browser tab's EventSource, on a thread of its own: it honours the server's ``retry:``,
+    reconnects with ``Last-Event-ID``, and keeps what a page would show (the unread count) and
+    what a test checks (every connection, every event id on it, every count with its time)."""
+
+    user: WebUser
+    stop: threading.Event
+    connections: list[Connection] = field(default_factory=list)
+    refusals: list[tuple[int, float]] = field(default_factory=list)  # (status, handshake seconds)
+    count: int | None = None
+    counts: list[tuple[float, int]] = field(default_factory=list)  # (time.monotonic(), count)
+    previews: list[dict] = field(default_factory=list)  # new_message data
+    last_id: str | None = None
+    retry: float = 0.5
+    paused: threading.Event = field(default_factory=threading.Event)  # set: stop reading (slow tab)
+    thread: threading.Thread | None = None
+    stream: SSE | None = None
+    closed_by_user: bool = False
+
+    def start(self) -> Tab:
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    @property
+    def open(self) -> bool:
+        return bool(self.connections) and self.connections[-1].closed is None
+
+    def _running(self) -> bool:
+        return not self.stop.is_set() and not self.closed_by_user
+
+    def _run(self) -> None:
+        while self._running():
+            started = time.monotonic()
+            try:
+                headers = {"Last-Event-ID": self.last_id} if self.last_id else None
+                s = self.user.stream(headers=headers, timeout=10)
+            except OSError:
+                time.sleep(self.retry)
+                continue
+            handshake = time.monotonic() - started
+            if s.status != 200:
+                self.refusals.append((s.status, handshake))
+                s.close()
+                time.sleep(self.retry)
+                continue
+            conn = Connection(opened=time.monotonic(), handshake=handshake)
+            self.connections.append(conn)
+            self.stream = s
+            try:
+                while (block := s.next_block()) is not None:
+                    self._take(conn, block)
+                    while self.paused.is_set() and self._running():
+                        time.sleep(0.05)
+            except (OSError, ValueError):
+                pass
+            conn.closed = time.monotonic()
+            s.close()
+            if self._running():
+                time.sleep(self.retry)
+
+    def _take(self, conn: Connection, block: SSEEvent) -> None:
+        if block.retry:
+            self.retry = int(block.retry) / 1000
+        if block.id:
+            self.last_id = block.id
+            conn.ids.append(int(block.id))
+            data = block.json.get("data")
+            task = data.get("task_id") if isinstance(data, dict) else None
+            conn.keys.append((f"{block.event}:{task}" if task else block.event, int(block.id)))
+        if block.event == "unread_message_count":
+            self.count = block.json["data"]
+            self.counts.append((time.monotonic(), self.count))
+        elif block.event == "new_message":
+            self.previews.append(block.json["data"])
+
+    def close(self) -> None:
+        """Close the tab: its stream ends and it does not reconnect."""
+        self.closed_by_user = True
+        self.drop()
+
+    def drop(self) -> None:
+        """Cut the current connection, as a flaky network does; the tab reconnects."""
+        if self.stream is not None:
+            try:
+                self.stream.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass

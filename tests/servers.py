@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -110,6 +111,50 @@ class RedisServer:
         """Memory and client counts (for the benchmark)."""
         info = redis.Redis(port=self.port).info()
         return {"used_memory": info["used_memory"], "connected_clients": info["connected_clients"]}
+
+
+class PostgresServer:
+    """A private PostgreSQL server in ``tmp`` (Debian's binaries, run as the postgres user when
+    root), for what the machine's shared one must not suffer: restarts."""
+
+    BIN = Path("/usr/lib/postgresql/15/bin")
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.data = tmp / "pgdata"
+        self.log = tmp / "postgres.log"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*prefix, *args], check=True, capture_output=True)
+
+    def start(self) -> PostgresServer:
+        if not self.data.exists():
+            self.data.mkdir(parents=True)
+            if os.geteuid() == 0:
+                shutil.chown(self.data, "postgres", "postgres")
+                self.log.touch()
+                shutil.chown(self.log, "postgres", "postgres")
+            self._run(
+                str(self.BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"
+            )
+        self._run(
+            str(self.BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "start",
+            "-o", f"-p {self.port} -h 127.0.0.1 -k {self.data} -c fsync=off -c max_connections=200",
+        )  # fmt: skip
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        """``fast`` ends sessions and shuts down cleanly; ``immediate`` is a crash."""
+        self._run(str(self.BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
 
 def _pings(client: redis.Redis) -> bool:

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import logging
 
+import sqlalchemy as sa
 from flask import Blueprint, Response, abort, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
+
+from app.tally import FailureTally
 
 bp = Blueprint("errors", __name__)
 log = logging.getLogger(__name__)
+
+# A database restart or failover fails the requests in flight: each is answered 503 (the
+# browser's retry, or the user's, works a moment later), and the log gets one line per
+# interval with a count, not a traceback per request.
+_database = FailureTally(log, "reach the database")
 
 # Routes whose clients are scripts: they always get JSON, never an HTML page or a redirect.
 JSON_PATHS = ("/notifications", "/stream")
@@ -52,6 +60,30 @@ def _handle_unexpected(exc: Exception):
 
     db.session.rollback()
     return _handle_http(InternalServerError())
+
+
+@bp.app_errorhandler(sa.exc.OperationalError)
+def handle_database_unavailable(exc: sa.exc.OperationalError):
+    """The database is away (restarting, failing over, locked): 503 with Retry-After, not a 500."""
+    from app.extensions import db
+
+    _database.failed(exc.orig or exc)
+    try:
+        db.session.rollback()
+    except sa.exc.SQLAlchemyError:
+        pass  # the connection is gone already; the pool replaces it
+    response, status, _ = _handle_http(
+        ServiceUnavailable("The database is unavailable for a moment. Please try again.")
+    )
+    return response, status, [("Retry-After", "2")]
+
+
+@bp.after_app_request
+def note_database_back(response: Response) -> Response:
+    """After a database outage, the first request answered without one says so in the log."""
+    if _database.failing and response.status_code < 500:
+        _database.succeeded()
+    return response
 
 
 @bp.app_errorhandler(HTTPException)

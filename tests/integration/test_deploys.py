@@ -9,86 +9,14 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 
 import pytest
 
-from tests.helpers import WebUser
+from tests.helpers import Tab, WebUser
 from tests.servers import LiveServer, RedisServer, wait_until
 
 # The hub's confirmation wait (app/notifications/hub.py); no handshake may come near it.
 SUBSCRIBE_TIMEOUT = 2.0
-
-
-@dataclass
-class Connection:
-    opened: float
-    handshake: float
-    closed: float | None = None
-
-
-@dataclass(eq=False)
-class Tab:
-    """One browser tab's EventSource, on a thread of its own."""
-
-    user: WebUser
-    stop: threading.Event
-    connections: list[Connection] = field(default_factory=list)
-    refusals: list[tuple[int, float]] = field(default_factory=list)  # (status, handshake seconds)
-    count: int | None = None
-    last_id: str | None = None
-    retry: float = 0.5
-    thread: threading.Thread | None = None
-    stream: object = None
-    closed_by_user: bool = False
-
-    def start(self) -> Tab:
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        return self
-
-    @property
-    def open(self) -> bool:
-        return bool(self.connections) and self.connections[-1].closed is None
-
-    def _run(self) -> None:
-        while not self.stop.is_set() and not self.closed_by_user:
-            started = time.monotonic()
-            try:
-                headers = {"Last-Event-ID": self.last_id} if self.last_id else None
-                s = self.user.stream(headers=headers, timeout=10)
-            except OSError:
-                time.sleep(self.retry)
-                continue
-            handshake = time.monotonic() - started
-            if s.status != 200:
-                self.refusals.append((s.status, handshake))
-                s.close()
-                time.sleep(self.retry)
-                continue
-            conn = Connection(opened=time.monotonic(), handshake=handshake)
-            self.connections.append(conn)
-            self.stream = s
-            try:
-                while (block := s.next_block()) is not None:
-                    if block.retry:
-                        self.retry = int(block.retry) / 1000
-                    if block.id:
-                        self.last_id = block.id
-                    if block.event == "unread_message_count":
-                        self.count = block.json["data"]
-            except OSError:
-                pass
-            conn.closed = time.monotonic()
-            s.close()
-            if not self.stop.is_set() and not self.closed_by_user:
-                time.sleep(self.retry)
-
-    def close(self) -> None:
-        """Close the tab: its stream ends and it does not reconnect."""
-        self.closed_by_user = True
-        if self.stream is not None:
-            self.stream.close()
 
 
 @pytest.fixture

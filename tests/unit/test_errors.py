@@ -1,5 +1,7 @@
 """Bad input gets a clear answer, in the site's look or as JSON, and never a 500."""
 
+import logging
+
 import pytest
 import sqlalchemy as sa
 
@@ -79,3 +81,22 @@ def test_unexpected_errors_are_a_500_page_and_roll_back(app, client):
 
     r = client.get("/boom")
     assert r.status_code == 500 and b"Internal Server Error" in r.data
+
+
+def test_a_database_outage_is_a_503_with_retry_after_and_one_log_line(app, client, caplog):
+    caplog.set_level(logging.INFO, "app.errors")
+
+    def unavailable():
+        raise sa.exc.OperationalError("SELECT 1", {}, Exception("terminating connection"))
+
+    app.add_url_rule("/_unavailable", "unavailable", unavailable)
+    for _ in range(5):
+        r = client.get("/_unavailable")
+        assert r.status_code == 503 and r.headers["Retry-After"] == "2"
+        assert b"database is unavailable" in r.data and b'class="navbar' in r.data
+    json = client.get("/_unavailable", headers={"Accept": "application/json"})
+    assert json.status_code == 503 and "database" in json.get_json()["error"]
+    lines = [rec for rec in caplog.records if "reach the database" in rec.getMessage()]
+    assert len(lines) == 1 and "Traceback" not in caplog.text
+    assert client.get("/").status_code == 200
+    assert any("could reach the database" in rec.getMessage() for rec in caplog.records)
