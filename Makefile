@@ -6,7 +6,7 @@ PORT ?= 8000
 
 BENCH_VENV ?= .venv-bench
 
-.PHONY: run run-proxy nginx test lint browser bench bench-quick bench-proxy clean
+.PHONY: run run-proxy nginx test lint browser bench bench-quick bench-proxy faults faults-quick clean
 
 $(VENV)/.run-deps: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -52,6 +52,14 @@ bench-quick: $(BENCH_VENV)/.deps
 # Through nginx: publish→event beside direct, and the slow-body attack (docs/benchmarks/proxy.md).
 bench-proxy: $(BENCH_VENV)/.deps nginx
 	$(BENCH_VENV)/bin/python -m bench.proxy
+
+# The fault matrix on SQLite and on a private PostgreSQL server (docs/reliability.md); the quick
+# one (CI) has shorter outages and no 20,000-stream deploy, and fails on any loss.
+faults: $(VENV)/.dev-deps
+	$(PY) -m bench.faults
+
+faults-quick: $(VENV)/.dev-deps
+	$(PY) -m bench.faults --quick
 
 # Debian's Chromium for the e2e tests (needs root; CI runs it from .ci/run).
 browser:

@@ -478,7 +478,8 @@ def markdown(rows: list[dict], command: str, seconds: float) -> str:
         d = r["badge_delay_ms"]
         lines.append(
             f"| {r['database']} | {r['scenario']} | {r['sends_ok']} / {r['sends_attempted']} "
-            f"| {r['committed']} | {r['tabs_converged']} / {r['tabs']} | {r['converge_seconds']} | {r['duplicates']} "
+            f"| {r['committed']} | {r['tabs_converged']} / {r['tabs']} | {r['converge_seconds']} "
+            f"| {r['duplicates']} "
             f"| {r['out_of_order']} | {r['cross_user']} | {r['half_written']} | {r['reconnects']} "
             f"| {d.get('p50')} / {d.get('p99')} / {d.get('max')} | {r['warning_lines']} | {r['note']} |"
         )
