@@ -6,13 +6,13 @@ import logging
 import math
 
 import sqlalchemy as sa
-from flask import Response, current_app, jsonify, request
+from flask import Response, current_app, g, jsonify, request, session
 from flask_login import current_user
 
 from app.errors import json_error
 from app.extensions import db, realtime
 from app.limits import limiter, per_user, setting
-from app.models import Notification
+from app.models import Notification, user_id_of_login
 from app.notifications import bp
 from app.notifications.hub import StreamingUnavailable
 from app.notifications.live import Unseen
@@ -55,13 +55,38 @@ def _cursor() -> int | None:
     return int(raw)
 
 
+def stream_login() -> tuple[int, str] | None:
+    """The request's (user id, login token), or None when nobody is logged in.
+
+    The session's login is checked by the same rule as Flask-Login's loader, but without
+    loading the user (``user_id_of_login``): a deploy reconnects every stream at once. A
+    request that carries only a remember-me cookie goes through Flask-Login as pages do.
+    """
+    if "stream_login" not in g:
+        found = None
+        token = session.get("_user_id")
+        user_id = user_id_of_login(token) if token is not None else None
+        if user_id is not None:
+            found = (user_id, token)
+        elif current_user.is_authenticated:
+            found = (current_user.id, current_user.login_token)
+        g.stream_login = found
+    return g.stream_login
+
+
+def _per_stream_user() -> str:
+    login = stream_login()
+    return f"user:{login[0]}" if login else per_user()
+
+
 @bp.route("/stream")
 @limiter.limit(
-    setting("STREAM_RATE"), key_func=per_user, error_message="too many stream connections; slow down"
+    setting("STREAM_RATE"), key_func=_per_stream_user, error_message="too many stream connections; slow down"
 )
 def stream():
     """Server-Sent Events of the logged-in user's notifications, with replay from a cursor."""
-    if not current_user.is_authenticated:
+    login = stream_login()
+    if login is None:
         return json_error(401, "log in to open the notification stream")
     try:
         cursor = _cursor()
@@ -81,7 +106,7 @@ def stream():
         return _unavailable(handover.refusal)
     if request.method == "HEAD":
         return Response(content_type=StreamHandover.CONTENT_TYPE, headers=StreamHandover.HEADERS)
-    return StreamHandover(current_user.id, current_user.login_token, cursor or 0)
+    return StreamHandover(*login, cursor or 0)
 
 
 NO_HANDOVER = (
@@ -112,8 +137,8 @@ class StreamHandover(Response):
         self.user_id, self.login, self.cursor = user_id, login, cursor
 
     def __call__(self, environ, start_response):
-        # The user is loaded: give the database connection back while Redis is asked, or a
-        # burst of connects (a deploy) holds one each and overflows the pool.
+        # No database connection is held while Redis is asked (a session loaded through the
+        # remember-me cookie gives its back), or a burst of connects overflows the pool.
         db.session.close()
         streams = realtime.streams
         if streams.full:

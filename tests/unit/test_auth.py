@@ -137,10 +137,18 @@ def test_a_copied_session_cookie_and_remember_me_cookie_stop_working_after_logou
     thief.set_cookie("session", cookies["session"])
     remembered.set_cookie("remember_token", cookies["remember_token"])
     assert thief.get("/messages").status_code == 200 and remembered.get("/messages").status_code == 200
+    # /stream checks the login without loading the user; a remember-me cookie alone counts too
+    # (a test client has no worker to hand the stream to: 503, past the login check).
+    stream_only = app.test_client()
+    stream_only.set_cookie("remember_token", cookies["remember_token"])
+    assert thief.get("/stream").status_code == 503 and stream_only.get("/stream").status_code == 503
     assert browser.post("/auth/logout").status_code == 302
     assert thief.get("/messages").status_code == 302, "the copied session cookie is refused"
     assert remembered.get("/messages").status_code == 302, "the remember-me cookie is refused"
     assert thief.get("/stream").status_code == 401
+    stream_only = app.test_client()
+    stream_only.set_cookie("remember_token", cookies["remember_token"])
+    assert stream_only.get("/stream").status_code == 401
 
 
 def test_log_out_everywhere_ends_every_login_of_the_account(app, auth):
