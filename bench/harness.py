@@ -228,6 +228,7 @@ class Load:
                 if isinstance(v, (int, float)) and k != "last_connect":
                     out[k] = out.get(k, 0) + v
             out["last_connect"] = max(out.get("last_connect", 0), r["last_connect"])
+            out["last_error"] = r["last_error"] or out.get("last_error", "")
         return out
 
     def take(self) -> dict:

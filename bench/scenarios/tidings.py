@@ -202,6 +202,7 @@ def restart(rig: Rig) -> dict:
             "converged_seconds": round(converged - hup, 2) if converged else None,
             "lost": before["open"] - got,
             "connect_errors": s["errors"] - before["errors"],
+            "last_connect_error": s["last_error"],
             "new_workers_cpu_ms_per_reconnect": round(app_cpu / max(1, reconnects) * 1000, 3),
         }
         print("tidings restart", out, flush=True)

@@ -83,19 +83,27 @@ def test_unexpected_errors_are_a_500_page_and_roll_back(app, client):
     assert r.status_code == 500 and b"Internal Server Error" in r.data
 
 
-def test_a_database_outage_is_a_503_with_retry_after_and_one_log_line(app, client, caplog):
+def test_a_database_outage_is_a_503_with_retry_after_and_one_log_line(app, client, auth, caplog):
     caplog.set_level(logging.INFO, "app.errors")
 
     def unavailable():
         raise sa.exc.OperationalError("SELECT 1", {}, Exception("terminating connection"))
 
+    def user_gone(token):  # the user is loaded from the database that is away (the page's navbar)
+        unavailable()
+
     app.add_url_rule("/_unavailable", "unavailable", unavailable)
+    auth.create("alice")
+    auth.login("alice")
+    loader = app.login_manager._user_callback
+    app.login_manager.user_loader(user_gone)
     for _ in range(5):
         r = client.get("/_unavailable")
         assert r.status_code == 503 and r.headers["Retry-After"] == "2"
         assert b"database is unavailable" in r.data and b'class="navbar' in r.data
     json = client.get("/_unavailable", headers={"Accept": "application/json"})
     assert json.status_code == 503 and "database" in json.get_json()["error"]
+    app.login_manager.user_loader(loader)
     lines = [rec for rec in caplog.records if "reach the database" in rec.getMessage()]
     assert len(lines) == 1 and "Traceback" not in caplog.text
     assert client.get("/").status_code == 200
