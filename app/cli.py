@@ -50,6 +50,50 @@ def init_app(app: Flask) -> None:
             raise click.ClickException(str(exc)) from None
         click.echo(f"stored and published notification {event.id} ({name}) for {username}")
 
+    @app.cli.command("follow")
+    @click.argument("username")
+    @click.option(
+        "--count", type=int, default=0, help="stop after this many messages (0: follow until Ctrl-C)"
+    )
+    def follow_command(username: str, count: int) -> None:
+        """Print every message on USERNAME's channel as it is published (one JSON per line).
+
+        SUBSCRIBE on one Redis; on a cluster (REDIS_CLUSTER=1) SSUBSCRIBE on the node that
+        owns the channel's slot, where ``PSUBSCRIBE 'notifications:*'`` sees nothing.
+        """
+        import redis
+
+        from app.extensions import realtime
+        from app.notifications.events import channel_for
+
+        user = db.session.scalar(sa.select(User).where(User.username == username))
+        if user is None:
+            raise click.ClickException(f"no user named {username!r}")
+        channel = channel_for(user.id)
+        try:
+            if app.config["REDIS_CLUSTER"]:
+                pubsub = realtime.redis.pubsub()
+                pubsub.ssubscribe(channel)
+                read = lambda: pubsub.get_sharded_message(timeout=1.0)  # noqa: E731
+                where = f"sharded, on the node of slot {realtime.redis.keyslot(channel)}"
+            else:
+                pubsub = realtime.redis.pubsub()
+                pubsub.subscribe(channel)
+                read = lambda: pubsub.get_message(timeout=1.0)  # noqa: E731
+                where = "on " + app.config["REDIS_URL"]
+            click.echo(f"following {channel} ({username}) {where}; Ctrl-C stops", err=True)
+            seen = 0
+            while not count or seen < count:
+                message = read()
+                if message and message["type"] in ("message", "smessage"):
+                    data = message["data"]
+                    click.echo(data.decode() if isinstance(data, bytes) else data)
+                    seen += 1
+        except redis.RedisError as exc:
+            raise click.ClickException(f"Redis: {exc}") from None
+        except KeyboardInterrupt:
+            pass
+
 
 def _reject(token: str):
     raise ValueError(f"{token} is not allowed")

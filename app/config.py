@@ -61,10 +61,20 @@ def load_config(instance_path: str) -> dict:
     instance.mkdir(parents=True, exist_ok=True)
     production = os.environ.get("APP_ENV") == "production"
     redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    cluster = os.environ.get("REDIS_CLUSTER", "0") == "1"
+    queue_url = os.environ.get("QUEUE_REDIS_URL") or None
+    if cluster and not queue_url:
+        raise RuntimeError(
+            "REDIS_CLUSTER=1 needs QUEUE_REDIS_URL: RQ keeps its queue in a plain (non-cluster) Redis"
+        )
     return {
         "SECRET_KEY": _secret_key(instance),
         "SQLALCHEMY_DATABASE_URI": os.environ.get("DATABASE_URL") or f"sqlite:///{instance / 'tidings.db'}",
         "REDIS_URL": redis_url,
+        # REDIS_URL is a seed node of a Redis Cluster: notifications use sharded pub/sub
+        # (app/notifications/shards.py); the background queue stays on QUEUE_REDIS_URL.
+        "REDIS_CLUSTER": cluster,
+        "QUEUE_REDIS_URL": queue_url or redis_url,
         "SSE_HEARTBEAT_SECONDS": _int_env("SSE_HEARTBEAT_SECONDS", 15),
         "SSE_RETRY_MS": _int_env("SSE_RETRY_MS", 3000),
         # A stopping worker tells each stream to come back after a random 0.5 s to this long.
@@ -95,7 +105,8 @@ def load_config(instance_path: str) -> dict:
         "TRUSTED_PROXIES": _int_env("TRUSTED_PROXIES", 0, minimum=0),
         # Rate limits (Flask-Limiter, counted in Redis): RATELIMIT_ENABLED=0 turns them all off.
         "RATELIMIT_ENABLED": os.environ.get("RATELIMIT_ENABLED", "1") != "0",
-        "RATELIMIT_STORAGE_URI": os.environ.get("RATELIMIT_STORAGE_URI") or redis_url,
+        "RATELIMIT_STORAGE_URI": os.environ.get("RATELIMIT_STORAGE_URI")
+        or (redis_url.replace("redis://", "redis+cluster://", 1).rsplit("/", 1)[0] if cluster else redis_url),
         "RATELIMIT_KEY_PREFIX": "tidings-limits",
         "RATELIMIT_HEADERS_ENABLED": True,
         "RATELIMIT_HEADER_RETRY_AFTER_VALUE": "delta-seconds",

@@ -67,8 +67,20 @@ class Realtime:
 
     @property
     def hub(self):
-        """This process's notification hub (one pub/sub connection)."""
+        """This process's notification hub (one pub/sub connection, one per master on a cluster)."""
         return self.state().hub
+
+    @property
+    def queue_redis(self) -> redis.Redis:
+        """The Redis RQ's queue lives in."""
+        return self.state().queue_redis
+
+    def publish(self, channel: str, message: str) -> None:
+        """PUBLISH, or SPUBLISH on a cluster (the channel's messages stay on its shard)."""
+        if self.state().app.config.get("REDIS_CLUSTER"):
+            self.redis.spublish(channel, message)
+        else:
+            self.redis.publish(channel, message)
 
     @property
     def streams(self):
@@ -81,6 +93,7 @@ class _RealtimeState:
         self.app = app
         self._pid = os.getpid()
         self._redis: redis.Redis | None = None
+        self._queue_redis: redis.Redis | None = None
         self._hub = None
         self._streams = None
         self.publish_failures = FailureTally(logging.getLogger("app.notifications.store"), "publish to Redis")
@@ -88,11 +101,21 @@ class _RealtimeState:
     def _forked(self) -> None:
         if self._pid != os.getpid():
             self._pid, self._redis, self._hub, self._streams = os.getpid(), None, None, None
+            self._queue_redis = None
             self.publish_failures = FailureTally(self.publish_failures.log, "publish to Redis")
 
     @property
     def redis(self) -> redis.Redis:
         self._forked()
+        if self._redis is None and self.app.config.get("REDIS_CLUSTER"):
+            # Per node a pool of at most 8, as below; MOVED and failovers are redis-py's to follow.
+            self._redis = redis.RedisCluster.from_url(
+                self.app.config["REDIS_URL"],
+                max_connections=8,
+                socket_connect_timeout=1,
+                socket_timeout=2,
+                health_check_interval=30,
+            )
         if self._redis is None:
             # Fail fast, no retries: a send must not hang while Redis is away; replay covers it.
             # A small pool that greenlets wait for: a burst of connects (a deploy) or sends must
@@ -114,8 +137,24 @@ class _RealtimeState:
         self._redis = client
 
     @property
+    def queue_redis(self) -> redis.Redis:
+        """The plain Redis that RQ's queue lives in (``QUEUE_REDIS_URL``; REDIS_URL's by default)."""
+        if not self.app.config.get("REDIS_CLUSTER"):
+            return self.redis
+        self._forked()
+        if self._queue_redis is None:
+            self._queue_redis = redis.Redis.from_url(
+                self.app.config["QUEUE_REDIS_URL"], socket_connect_timeout=1, socket_timeout=2
+            )
+        return self._queue_redis
+
+    @property
     def hub(self):
         self._forked()
+        if self._hub is None and self.app.config.get("REDIS_CLUSTER"):
+            from app.notifications.shards import ShardedHub
+
+            self._hub = ShardedHub.for_app(self.app)
         if self._hub is None:
             from app.notifications.hub import Hub
 

@@ -41,7 +41,7 @@ def task_queue() -> Queue:
     """The app's RQ queue (synchronous when TASKS_RUN_INLINE is set, as in unit tests)."""
     return Queue(
         current_app.config["TASK_QUEUE"],
-        connection=realtime.redis,
+        connection=realtime.queue_redis,
         is_async=not current_app.config.get("TASKS_RUN_INLINE", False),
     )
 

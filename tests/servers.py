@@ -157,6 +157,116 @@ class PostgresServer:
         self.start()
 
 
+class RedisCluster:
+    """A real Redis Cluster of Debian's redis-server 7 in ``tmp``: ``masters`` masters with
+    ``replicas`` replicas each, made with ``redis-cli --cluster create``."""
+
+    SERVER, CLI = Path("/usr/bin/redis-server"), Path("/usr/bin/redis-cli")
+
+    def __init__(self, tmp: Path, masters: int = 3, replicas: int = 1) -> None:
+        self.tmp = tmp
+        self.ports = _cluster_ports(masters * (1 + replicas))
+        self.replicas = replicas
+        self.procs: dict[int, subprocess.Popen] = {}
+
+    @property
+    def url(self) -> str:
+        """A seed node's URL, as ``REDIS_URL`` gives it in cluster mode."""
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start_node(self, port: int) -> None:
+        folder = self.tmp / str(port)
+        folder.mkdir(exist_ok=True)
+        self.procs[port] = subprocess.Popen(
+            [
+                self.SERVER, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+                "--save", "", "--appendonly", "no", "--dir", str(folder),
+            ],
+            stdout=open(folder / "redis.log", "ab"),
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        client = redis.Redis(port=port)
+        wait_until(lambda: _pings(client), 10, f"cluster node {port} to answer")
+
+    def start(self) -> RedisCluster:
+        for port in self.ports:
+            self.start_node(port)
+        nodes = [f"127.0.0.1:{p}" for p in self.ports]
+        subprocess.run(
+            [
+                self.CLI,
+                "--cluster",
+                "create",
+                *nodes,
+                "--cluster-replicas",
+                str(self.replicas),
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        self.wait_ok()
+        return self
+
+    def wait_ok(self, timeout: float = 30) -> None:
+        """Until every live node says the cluster is ok and agrees on the masters."""
+
+        def ok() -> bool:
+            try:
+                infos = [redis.Redis(port=p).cluster("info") for p in self.live_ports()]
+            except redis.RedisError:
+                return False
+            return all(i.get("cluster_state") == "ok" for i in infos)
+
+        wait_until(ok, timeout, "the cluster to be ok")
+
+    def live_ports(self) -> list[int]:
+        return [p for p, proc in self.procs.items() if proc.poll() is None]
+
+    def masters(self) -> dict[int, list[tuple[int, int]]]:
+        """Each master's port and the slot ranges it serves, as a live node sees them."""
+        port = self.live_ports()[0]
+        out: dict[int, list[tuple[int, int]]] = {}
+        for start, end, master, *_ in redis.Redis(port=port).execute_command("CLUSTER SLOTS"):
+            out.setdefault(int(master[1]), []).append((int(start), int(end)))
+        return out
+
+    def owner(self, key: str) -> int:
+        """The port of the master that serves ``key``'s slot."""
+        slot = redis.Redis(port=self.live_ports()[0]).cluster("keyslot", key)
+        return next(p for p, ranges in self.masters().items() if any(a <= slot <= b for a, b in ranges))
+
+    def kill(self, port: int) -> None:
+        proc = self.procs.get(port)
+        if proc and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def stop(self) -> None:
+        for port in list(self.procs):
+            self.kill(port)
+
+
+def _cluster_ports(n: int) -> list[int]:
+    """``n`` free ports whose cluster bus ports (port + 10000) are free too, below 55536."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port < 55536 and port not in ports and _free(port + 10000):
+            ports.append(port)
+    return ports
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _pings(client: redis.Redis) -> bool:
     try:
         return bool(client.ping())

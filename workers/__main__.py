@@ -58,7 +58,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     instance = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "instance")
     config = load_config(instance)
-    connection = redis.Redis.from_url(config["REDIS_URL"])
+    connection = redis.Redis.from_url(config["QUEUE_REDIS_URL"])
     wait_for_redis(connection)
     queue = Queue(config["TASK_QUEUE"], connection=connection)
     name = f"tidings-{socket.gethostname()}-{os.getpid()}"
@@ -70,7 +70,7 @@ def main() -> None:
         # How often abandoned jobs (their worker died) are found and their tasks failed.
         maintenance_interval=60,
     )
-    log.info("worker %s listening on queue %s at %s", name, queue.name, config["REDIS_URL"])
+    log.info("worker %s listening on queue %s at %s", name, queue.name, config["QUEUE_REDIS_URL"])
     worker.work(logging_level="INFO")
 
 

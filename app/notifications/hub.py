@@ -120,8 +120,19 @@ class Hub:
         subscribe_timeout: float = 2.0,
         min_backoff: float = 0.1,
         max_backoff: float = 5.0,
+        sharded: bool = False,
+        on_moved: Callable[[list[str]], None] | None = None,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         self._connect = connect
+        # Sharded pub/sub (a Redis Cluster node, see shards.py): SSUBSCRIBE, one channel per
+        # command (a command's channels must share a slot); the cluster calls back when a
+        # channel's slot moved away (``on_moved``) or this node cannot be reached (``on_lost``).
+        self.sharded = sharded
+        self._subscribe_cmd, self._unsubscribe_cmd = (
+            ("SSUBSCRIBE", "SUNSUBSCRIBE") if sharded else ("SUBSCRIBE", "UNSUBSCRIBE")
+        )
+        self._on_moved, self._on_lost = on_moved, on_lost
         self.ping_interval = ping_interval
         self.subscribe_timeout = subscribe_timeout
         self.min_backoff = min_backoff
@@ -144,10 +155,16 @@ class Hub:
         self._unconfirmed = FailureTally(log, "get a subscription confirmed in time")
 
     @classmethod
-    def for_app(cls, app) -> Hub:
-        """A hub reading the app's ``REDIS_URL``; refuses to exist without gevent."""
+    def for_app(cls, app, **options: Any) -> Hub:
+        """A hub reading the app's ``REDIS_URL`` (``options``: the node's ``host`` and ``port``
+        instead, and Hub's own keywords); refuses to exist without gevent."""
         require_gevent()
         kwargs = redis.connection.parse_url(app.config["REDIS_URL"])
+        for key in ("host", "port"):
+            if key in options:
+                kwargs[key] = options.pop(key)
+        if options.get("sharded"):
+            kwargs.pop("db", None)  # a cluster has database 0 only
         ping = float(app.config.get("HUB_PING_SECONDS", 10.0))
         kwargs.update(
             protocol=2,
@@ -165,7 +182,7 @@ class Hub:
             conn.connect()
             return conn
 
-        return cls(connect, ping_interval=ping)
+        return cls(connect, ping_interval=ping, **options)
 
     # -- streams' side -------------------------------------------------------------
 
@@ -186,7 +203,7 @@ class Hub:
             telemetry.CHANNELS_SUBSCRIBED.inc()
             with self._write_lock:
                 self._pending[channel] = self._pending.get(channel, 0) + 1
-                self._send("SUBSCRIBE", channel)
+                self._send(self._subscribe_cmd, channel)
         if channel not in self._subscribed and not self._lost and not self._stopping:
             waiter = self._waiters.setdefault(channel, gevent.event.Event())
             if not waiter.wait(self.subscribe_timeout):
@@ -208,7 +225,7 @@ class Hub:
         channel = channel_for(sub.user_id)
         with self._write_lock:
             self._subscribed.discard(channel)
-            self._send("UNSUBSCRIBE", channel)
+            self._send(self._unsubscribe_cmd, channel)
 
     def close_session(self, user_id: int, tag: str) -> int:
         """Close the streams of one login (``session_tag``); returns how many."""
@@ -218,6 +235,47 @@ class Hub:
                 sub.close()
                 closed += 1
         return closed
+
+    def users(self) -> list[int]:
+        """The users whose channels this hub subscribes."""
+        return list(self._subs)
+
+    def release(self, user_id: int, tell_server: bool = True) -> set[Subscription]:
+        """Give up ``user_id``'s channel and hand back its streams (they move to another hub)."""
+        subs = self._subs.pop(user_id, set())
+        if not subs:
+            return subs
+        telemetry.CHANNELS_SUBSCRIBED.dec()
+        channel = channel_for(user_id)
+        with self._write_lock:
+            self._subscribed.discard(channel)
+            self._pending.pop(channel, None)
+            self._resync_channels.discard(channel)
+            if tell_server:
+                self._send(self._unsubscribe_cmd, channel)
+        waiter = self._waiters.pop(channel, None)
+        if waiter is not None:
+            waiter.set()  # a connect waiting for it reads the store now; the new hub resyncs it
+        return subs
+
+    def adopt(self, user_id: int, subs: set[Subscription]) -> None:
+        """Take over streams whose channel lived on another hub: subscribe it here, and have
+        them re-read the store once it is confirmed (whatever was published meanwhile)."""
+        if not subs:
+            return
+        self.start()
+        if user_id in self._subs:
+            self._subs[user_id] |= subs
+            for sub in subs:
+                sub.request_resync()
+            return
+        self._subs[user_id] = set(subs)
+        telemetry.CHANNELS_SUBSCRIBED.inc()
+        channel = channel_for(user_id)
+        with self._write_lock:
+            self._resync_channels.add(channel)
+            self._pending[channel] = self._pending.get(channel, 0) + 1
+            self._send(self._subscribe_cmd, channel)
 
     def shutdown(self) -> None:
         """End every stream now (worker stopping) so browsers reconnect elsewhere at once."""
@@ -288,7 +346,15 @@ class Hub:
                 conn = self._connect()
                 self._attach(conn)
                 while not self._stopping:
-                    reply = conn.read_response()
+                    try:
+                        reply = conn.read_response()
+                    except redis.ResponseError as exc:
+                        # A cluster node refusing a channel it does not serve (MOVED): ask
+                        # where the unconfirmed ones live now.
+                        if not self.sharded:
+                            raise
+                        self._moved(list(self._pending), exc)
+                        continue
                     delay = self.min_backoff
                     try:
                         self.handle_reply(reply)
@@ -298,6 +364,8 @@ class Hub:
                 telemetry.HUB_RECONNECTS.inc()
                 self._lost = True
                 self._outage.failed(exc)
+                if self._on_lost is not None:
+                    self._on_lost()
             finally:
                 self._detach(conn)
             if not self._stopping:
@@ -311,8 +379,11 @@ class Hub:
             channels = [channel_for(user_id) for user_id in self._subs]
             self._pending = dict.fromkeys(channels, 1)
             self._resync_channels = set(channels)
-            if channels:
-                conn.send_command("SUBSCRIBE", *channels, check_health=False)
+            if channels and self.sharded:
+                for channel in channels:
+                    conn.send_command(self._subscribe_cmd, channel, check_health=False)
+            elif channels:
+                conn.send_command(self._subscribe_cmd, *channels, check_health=False)
         self.connected.set()
         self._lost = False
         self._outage.succeeded()
@@ -336,10 +407,18 @@ class Hub:
             return  # PONG and friends
         kind = reply[0]
         channel = _text(reply[1])
-        if kind == b"message":
+        if kind in (b"message", b"smessage"):
             self.dispatch(channel, reply[2])
-        elif kind == b"subscribe":
+        elif kind in (b"subscribe", b"ssubscribe"):
             self._confirm(channel)
+        elif kind == b"sunsubscribe" and user_id_from_channel(channel) in self._subs:
+            # Not asked for: the channel's slot moved to another node (a reshard, a failover).
+            self._moved([channel], "the server unsubscribed it")
+
+    def _moved(self, channels: list[str], why: object) -> None:
+        log.info("hub: %d channel(s) left this node (%s); following them", len(channels), why)
+        if self._on_moved is not None and channels:
+            self._on_moved(channels)
 
     def _confirm(self, channel: str) -> None:
         left = self._pending.get(channel, 0) - 1

@@ -84,7 +84,7 @@ def notify(user: User, name: str, data: Any) -> Event:
 def publish(user_id: int, event: Event) -> bool:
     """Publish ``event`` on the user's channel; False (and a summed-up warning) when Redis is away."""
     try:
-        realtime.redis.publish(channel_for(user_id), event.to_json())
+        realtime.publish(channel_for(user_id), event.to_json())
     except redis.RedisError as exc:
         # The notification is stored: streams re-read the store when their hub reconnects.
         telemetry.PUBLISH_FAILURES.inc()

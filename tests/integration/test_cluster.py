@@ -1,0 +1,127 @@
+"""Cluster mode on a real Redis Cluster: 3 masters and 3 replicas of Debian's redis-server 7.
+
+Sharded pub/sub: publishers SPUBLISH, each worker's hub holds one connection per master that
+owns its users' channels and SSUBSCRIBEs each channel there; RQ stays on a plain Redis.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import pytest
+import redis
+
+from tests.helpers import WebUser, user_id
+from tests.servers import ROOT, LiveServer, RedisCluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if not RedisCluster.SERVER.exists():
+        pytest.fail("Debian's redis-server 7 (/usr/bin/redis-server) is needed for the cluster tests")
+    nodes = RedisCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield nodes
+    nodes.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster_env(sqlite_env, cluster, redis_url):
+    # One worker, so "one hub connection per master" can be counted on each node.
+    return {
+        **sqlite_env,
+        "REDIS_CLUSTER": "1",
+        "REDIS_URL": cluster.url,
+        "QUEUE_REDIS_URL": redis_url,
+        "WEB_CONCURRENCY": "1",
+    }
+
+
+@pytest.fixture(scope="module")
+def cluster_server(cluster_env, tmp_path_factory):
+    live = LiveServer(cluster_env, tmp_path_factory.mktemp("cluster-log") / "gunicorn.log").start()
+    yield live
+    live.stop()
+
+
+def register(server: LiveServer, name: str) -> WebUser:
+    user = WebUser(server.url, name)
+    assert user.register().status_code == 302
+    return user.login()
+
+
+def users_on_every_master(server, env, cluster, prefix: str) -> dict[int, WebUser]:
+    """Register users until each master owns one of their channels; one user per master."""
+    found: dict[int, WebUser] = {}
+    n = 0
+    while len(found) < len(cluster.masters()):
+        user = register(server, f"{prefix}{n}")
+        user.id = user_id(env, user.username)
+        found.setdefault(cluster.owner(f"notifications:{user.id}"), user)
+        n += 1
+    return found
+
+
+def hub_connections(port: int) -> int:
+    clients = redis.Redis(port=port).client_list()
+    return sum(1 for c in clients if c.get("name") == "tidings-hub")
+
+
+def test_events_reach_users_on_every_master_through_one_hub_connection_per_master(
+    cluster, cluster_env, cluster_server
+):
+    users = users_on_every_master(cluster_server, cluster_env, cluster, "shard")
+    sender = register(cluster_server, "shardsender")
+    streams = {}
+    for port, user in users.items():
+        s = user.stream(timeout=10)
+        assert s.status == 200
+        streams[port] = s
+    for port, user in users.items():
+        assert sender.send(user.username, f"to the user on {port}").status_code == 302
+    for port, s in streams.items():
+        assert s.next_event("unread_message_count").json["data"] == 1
+        assert s.next_event("new_message").json["data"]["preview"] == f"to the user on {port}"
+
+    for port, user in users.items():
+        # The channel is subscribed on its owner, sharded, and nowhere else.
+        channels = [c.decode() for c in redis.Redis(port=port).execute_command("PUBSUB SHARDCHANNELS")]
+        assert f"notifications:{user.id}" in channels
+        others = [p for p in users if p != port]
+        for other in others:
+            theirs = redis.Redis(port=other).execute_command("PUBSUB SHARDCHANNELS")
+            assert f"notifications:{user.id}".encode() not in theirs
+        # One pub/sub connection per master this worker needs, not one per channel or stream.
+        assert hub_connections(port) == 1
+    for s in streams.values():
+        s.close()
+
+
+def test_flask_follow_prints_a_users_sharded_messages(cluster, cluster_env, cluster_server):
+    (user, *_) = users_on_every_master(cluster_server, cluster_env, cluster, "followed").values()
+    sender = register(cluster_server, "followsender")
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "follow", user.username, "--count", "2"],
+        cwd=ROOT,
+        env={**cluster_server.env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ready = threading.Event()
+    lines: list[str] = []
+
+    def read_stderr() -> None:
+        for line in follow.stderr:
+            if line.startswith("following"):
+                ready.set()
+
+    threading.Thread(target=read_stderr, daemon=True).start()
+    assert ready.wait(20), "flask follow started"
+    assert sender.send(user.username, "seen by the operator").status_code == 302
+    out, _ = follow.communicate(timeout=20)
+    lines = out.strip().splitlines()
+    assert follow.returncode == 0
+    assert any('"unread_message_count"' in line for line in lines)
+    assert any("seen by the operator" in line for line in lines)
