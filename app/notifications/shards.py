@@ -155,7 +155,8 @@ class ShardedHub:
                 if old is None or self._home.get(user_id) != node:
                     continue
                 if new_node == node:
-                    if node_alive:  # refused, yet still the owner: subscribe again
+                    if node_alive:  # refused, yet still the owner: subscribe again, unhurried
+                        gevent.sleep(0.1)
                         old.adopt(user_id, old.release(user_id, tell_server=False))
                     continue
                 # The node holds no subscription for it any more (it said so, or it is gone).

@@ -9,12 +9,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import redis
 
 from tests.helpers import WebUser, user_id
-from tests.servers import ROOT, LiveServer, RedisCluster
+from tests.servers import ROOT, LiveServer, RedisCluster, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +126,115 @@ def test_flask_follow_prints_a_users_sharded_messages(cluster, cluster_env, clus
     assert follow.returncode == 0
     assert any('"unread_message_count"' in line for line in lines)
     assert any("seen by the operator" in line for line in lines)
+
+
+class Traffic:
+    """A message to ``user`` every 100 ms while a fault happens; counts what was accepted."""
+
+    def __init__(self, sender: WebUser, user: WebUser) -> None:
+        self.sender, self.user = sender, user
+        self.stop = threading.Event()
+        self.ok = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            try:
+                if self.sender.send(self.user.username, f"m{n}").status_code == 302:
+                    self.ok += 1
+            except Exception:  # noqa: BLE001 - a refused send is counted by not counting it
+                pass
+            n += 1
+            time.sleep(0.1)
+
+    def __enter__(self) -> Traffic:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(15)
+
+
+def read_until_count(stream, want: int, timeout: float) -> list[int]:
+    """Events' ids on ``stream`` until its unread count reaches ``want``."""
+    ids: list[int] = []
+    deadline = time.monotonic() + timeout
+    count = None
+    stream.sock.settimeout(2)
+    while count != want:
+        assert time.monotonic() < deadline, f"the stream's count stayed at {count}, not {want}"
+        try:
+            block = stream.next_block()
+        except TimeoutError:
+            continue
+        assert block is not None, "the stream ended"
+        if block.id:
+            ids.append(int(block.id))
+        if block.event == "unread_message_count":
+            count = block.json["data"]
+    return ids
+
+
+def messages_to(env, user: WebUser) -> int:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(env["DATABASE_URL"])
+    with engine.connect() as conn:
+        n = conn.execute(
+            sa.text("SELECT count(*) FROM message WHERE recipient_id = :u"), {"u": user.id}
+        ).scalar()
+    engine.dispose()
+    return n
+
+
+def test_a_slot_migration_of_a_busy_users_channel_loses_nothing(cluster, cluster_env, cluster_server):
+    users = users_on_every_master(cluster_server, cluster_env, cluster, "resharded")
+    source, busy = next(iter(users.items()))
+    target = next(p for p in users if p != source)
+    sender = register(cluster_server, "reshardsender")
+    stream = busy.stream(timeout=10)
+    assert stream.status == 200
+    ids = []
+    with Traffic(sender, busy) as traffic:
+        wait_until(lambda: traffic.ok >= 5, 20, "traffic flowing")
+        ids_of = {p: redis.Redis(port=p).cluster("myid") for p in (source, target)}
+        slots = sum(b - a + 1 for a, b in cluster.masters()[source])
+        subprocess.run(
+            [
+                RedisCluster.CLI, "--cluster", "reshard", f"127.0.0.1:{source}",
+                "--cluster-from", ids_of[source], "--cluster-to", ids_of[target],
+                "--cluster-slots", str(slots), "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+        assert cluster.owner(f"notifications:{busy.id}") == target
+        moved_at = traffic.ok
+        wait_until(lambda: traffic.ok >= moved_at + 10, 30, "traffic after the move")
+    truth = messages_to(cluster_env, busy)
+    ids = read_until_count(stream, truth, 30)
+    assert len(ids) == len(set(ids)), "nothing twice on the connection"
+    channels = redis.Redis(port=target).execute_command("PUBSUB SHARDCHANNELS")
+    assert f"notifications:{busy.id}".encode() in channels, "the hub followed the channel"
+    stream.close()
+
+
+def test_a_killed_master_whose_replica_takes_over_loses_nothing(cluster, cluster_env, cluster_server):
+    users = users_on_every_master(cluster_server, cluster_env, cluster, "failover")
+    victim, user = next(iter(users.items()))
+    sender = register(cluster_server, "failoversender")
+    stream = user.stream(timeout=10)
+    assert stream.status == 200
+    with Traffic(sender, user) as traffic:
+        wait_until(lambda: traffic.ok >= 5, 20, "traffic flowing")
+        cluster.kill(victim)
+        wait_until(lambda: victim not in cluster.masters(), 30, "a replica promoted")
+        cluster.wait_ok()
+        before = traffic.ok
+        wait_until(lambda: traffic.ok >= before + 10, 30, "traffic after the failover")
+    truth = messages_to(cluster_env, user)
+    ids = read_until_count(stream, truth, 30)
+    assert len(ids) == len(set(ids)), "nothing twice on the connection"
+    stream.close()
