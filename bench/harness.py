@@ -45,6 +45,8 @@ QUICK = {
     "polling_seconds": 8.0,
     "peer_streams": 1000,
     "restart_streams": 1000,
+    "scaleout_streams": 1000,
+    "scaleout_rates": [5000, 10000],
     "load_processes": 2,
 }
 FULL = {
@@ -62,6 +64,8 @@ FULL = {
     "polling_seconds": 40.0,
     "peer_streams": 5000,
     "restart_streams": 20000,
+    "scaleout_streams": 10000,
+    "scaleout_rates": [10000, 20000, 30000, 40000, 50000, 60000],
     "load_processes": 3,
 }
 
@@ -94,8 +98,10 @@ def percentiles(samples: list[float]) -> dict:
 class Server:
     """gunicorn -c gunicorn.conf.py <app>, with per-worker counters in a metrics directory."""
 
-    def __init__(self, app: str, env: dict, workers: int, tmp: Path, name: str) -> None:
+    def __init__(self, app: str, env: dict, workers: int, tmp: Path, name: str, host=None) -> None:
+        """``host``: a test host (tests/servers.py ``Network.host``) to run it on."""
         self.port = free_port()
+        self.ip = host.ip if host else "127.0.0.1"
         self.metrics = tmp / f"metrics-{name}"
         self.metrics.mkdir()
         self.env = {
@@ -106,15 +112,19 @@ class Server:
             "TIDINGS_METRICS_DIR": str(self.metrics),
         }
         self.env.pop("BIND", None)
+        prefix = []
+        if host is not None:
+            prefix = ["ip", "netns", "exec", host.netns]
+            self.env["BIND"] = f"{host.ip}:{self.port}"
         self.log = open(tmp / f"{name}.log", "ab")
         self.proc = subprocess.Popen(
-            [BIN / "gunicorn", "-c", "gunicorn.conf.py", app],
+            [*prefix, BIN / "gunicorn", "-c", "gunicorn.conf.py", app],
             cwd=ROOT,
             env=self.env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{self.ip}:{self.port}"
         self.workers = workers
         self.wait_ready()
 
@@ -190,10 +200,10 @@ class CpuMeter:
 class Load:
     """Load-client processes, each holding part of the streams."""
 
-    def __init__(self, port: int, processes: int) -> None:
+    def __init__(self, port: int, processes: int, host: str = "127.0.0.1") -> None:
         self.procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "bench.loadclient", "127.0.0.1", str(port)],
+                [sys.executable, "-m", "bench.loadclient", host, str(port)],
                 cwd=ROOT,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,

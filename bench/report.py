@@ -198,6 +198,8 @@ def markdown(r: dict) -> str:
             f"and the clients honour it as EventSource does. The new workers spent "
             f"{rc['new_workers_cpu_ms_per_reconnect']} ms of CPU per reconnect (boot excluded).",
         ]
+    if "scaleout" in sc:
+        lines += _scaleout(sc["scaleout"])
     lines += [
         "",
         "## Ratios (Tidings / peer)",
@@ -208,6 +210,32 @@ def markdown(r: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _scaleout(so: dict) -> list[str]:
+    lines = [
+        "",
+        "## Scale-out: 2 web hosts, a 3-master cluster",
+        "",
+        f"{so['streams']} streams over 2 hosts (network namespaces, {so['workers_per_host']} gunicorn worker "
+        "each), 10 tabs per user split over the hosts; the same 2 cores carry both hosts, every Redis "
+        "process and the load clients. Redis CPU: cores each Redis process used during the "
+        "publish→event run.",
+        "",
+        "| way | publish→event p50 / p99 / max (ms) | at deliveries/s | lost | highest rate, p99 ≤ 100 ms, "
+        "0 lost | Redis CPU (cores) | web hosts' CPU (cores) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, w in so["ways"].items():
+        pe = w["publish_to_event"]
+        lt = pe["latency_ms"]
+        redis_cpu = ", ".join(f"{k} {v}" for k, v in pe["cores_used"].items() if k != "web hosts")
+        lines.append(
+            f"| {name} | {lt.get('p50')} / {lt.get('p99')} / {lt.get('max')} | "
+            f"{pe['achieved_deliveries_per_s']} | {pe['lost']} | {w['max_sustained_deliveries_per_s']} | "
+            f"{redis_cpu} | {pe['cores_used'].get('web hosts')} |"
+        )
+    return lines
 
 
 def plot(series: dict[str, list[float]], path: Path) -> None:

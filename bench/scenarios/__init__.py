@@ -3,6 +3,6 @@
 Importing this package registers them all; ``ORDER`` is the order a full run takes them.
 """
 
-from bench.scenarios import peers, tidings  # noqa: F401 - registers the scenarios
+from bench.scenarios import peers, scaleout, tidings  # noqa: F401 - registers the scenarios
 
-ORDER = ["streams", "publish", "rate", "restart", "polling", "hold", "flask_sse", "floor"]
+ORDER = ["streams", "publish", "rate", "restart", "polling", "hold", "flask_sse", "floor", "scaleout"]

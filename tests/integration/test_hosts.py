@@ -1,0 +1,182 @@
+"""Several web hosts behind nginx, on a Redis Cluster, with no sticky sessions.
+
+Each host is a network namespace on a test bridge (tests/servers.py ``Network``): its gunicorn
+reaches the cluster, the queue's Redis and PostgreSQL over a real network path, and nginx
+(in this namespace) round-robins browsers over the hosts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from tests.helpers import SSE, WebUser
+from tests.servers import (
+    LiveServer,
+    Network,
+    NginxServer,
+    PostgresServer,
+    RedisCluster,
+    RedisServer,
+    make_server_env,
+    wait_until,
+)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """Two hosts, a 3+3 cluster, a queue Redis, PostgreSQL and nginx; yields them in a dict."""
+    tmp = tmp_path_factory.mktemp("hosts")
+    tmp.chmod(0o755)
+    net = Network().start()
+    started = []
+    try:
+        hosts = [net.host(), net.host()]
+        cluster = RedisCluster(tmp / "cluster", host=net.gateway)
+        (tmp / "cluster").mkdir()
+        started.append(cluster.start())
+        (tmp / "queue").mkdir()
+        queue = RedisServer(tmp / "queue", host=net.gateway).start()
+        started.append(queue)
+        (tmp / "pg").mkdir()
+        pg = PostgresServer(tmp / "pg", host=net.gateway).start()
+        env = make_server_env(tmp, pg.url, cluster.url)
+        env.update(REDIS_CLUSTER="1", QUEUE_REDIS_URL=queue.url, TRUSTED_PROXIES="1", WEB_CONCURRENCY="1")
+        webs = [LiveServer(env, tmp / f"web{i}.log", host=h).start() for i, h in enumerate(hosts, 1)]
+        started += webs
+        nginx = NginxServer(tmp / "nginx", [w.address for w in webs]).start()
+        started.append(nginx)
+        yield {"webs": webs, "nginx": nginx, "env": env, "pg": pg}
+    finally:
+        for proc in reversed(started):
+            (proc.stop if hasattr(proc, "stop") else proc.kill)()
+        if "pg" in locals():
+            pg.stop("immediate")
+        net.stop()
+
+
+def browser(nginx: NginxServer, name: str) -> WebUser:
+    user = WebUser(nginx.url, name, http2=True, verify=False)
+    assert user.register().status_code == 302
+    return user.login()
+
+
+def direct_stream(web: LiveServer, user: WebUser) -> SSE:
+    """A stream opened on one host, with the browser's cookies (a tab that landed there)."""
+    s = SSE.open(web.url, "/stream", {"Cookie": user.cookie_header()}, 10)
+    assert s.status == 200
+    assert s.next_block().retry
+    return s
+
+
+def test_tabs_on_different_hosts_get_every_event_and_logout_on_one_host_ends_them_all(site):
+    web1, web2 = site["webs"]
+    alice, bob = browser(site["nginx"], "hostalice"), browser(site["nginx"], "hostbob")
+    tabs = [direct_stream(web1, bob), direct_stream(web2, bob)]
+    assert alice.send(bob.username, "to both hosts").status_code == 302
+    for tab in tabs:
+        assert tab.next_event("unread_message_count").json["data"] == 1
+        assert tab.next_event("new_message").json["data"]["preview"] == "to both hosts"
+    assert bob.logout().status_code == 302
+    for tab in tabs:
+        tab.sock.settimeout(10)
+        while (block := tab.next_block()) is not None:
+            assert block.event is None, "nothing after logout"
+    assert SSE.open(web2.url, "/stream", {"Cookie": bob.cookie_header()}, 10).status == 401
+
+
+class ProxiedTab:
+    """A tab's EventSource through nginx (HTTP/2), reconnecting with Last-Event-ID."""
+
+    def __init__(self, nginx: NginxServer, user: WebUser) -> None:
+        self.client = httpx.Client(base_url=nginx.url, http2=True, verify=False, timeout=30)
+        self.client.cookies = user.http.cookies
+        self.count: int | None = None
+        self.last_id: str | None = None
+        self.connections: list[list[int]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
+            try:
+                with self.client.stream("GET", "/stream", headers=headers) as r:
+                    if r.status_code != 200:
+                        time.sleep(0.5)
+                        continue
+                    ids: list[int] = []
+                    self.connections.append(ids)
+                    event = None
+                    for line in r.iter_lines():
+                        if line.startswith("id: "):
+                            self.last_id = line[4:]
+                            ids.append(int(self.last_id))
+                        elif line.startswith("event: "):
+                            event = line[7:]
+                        elif line.startswith("data: ") and event == "unread_message_count":
+                            self.count = int(line.split('"data": ')[1].split(",")[0])
+                        if self.stop.is_set():
+                            return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.client.close()
+
+
+def test_a_killed_host_its_browsers_come_back_through_nginx_on_the_other(site, expect_log):
+    expect_log(r"connect\(\) failed|upstream prematurely closed|no live upstreams|while reading upstream")
+    web1, web2 = site["webs"]
+    nginx = site["nginx"]
+    carol, sender = browser(nginx, "hostcarol"), browser(nginx, "hostsender")
+    tabs = [ProxiedTab(nginx, carol) for _ in range(4)]  # round robin: some on each host
+    try:
+        wait_until(lambda: all(t.connections for t in tabs), 20, "every tab connected")
+        stop, ok = threading.Event(), [0]
+
+        def traffic() -> None:
+            n = 0
+            while not stop.is_set():
+                try:
+                    if sender.send(carol.username, f"m{n}").status_code == 302:
+                        ok[0] += 1
+                except httpx.HTTPError:
+                    pass
+                n += 1
+                time.sleep(0.1)
+
+        thread = threading.Thread(target=traffic, daemon=True)
+        thread.start()
+        wait_until(lambda: ok[0] >= 5, 20, "traffic flowing")
+        for proc in [*web1.children(), web1.proc]:
+            proc.kill()  # the host is gone: its master and workers at once
+        before = ok[0]
+        wait_until(lambda: ok[0] >= before + 10, 30, "sends through the other host")
+        stop.set()
+        thread.join(10)
+        engine = sa.create_engine(site["env"]["DATABASE_URL"])
+        with engine.connect() as conn:
+            truth = conn.execute(
+                sa.text(
+                    'SELECT count(*) FROM message m JOIN "user" u ON u.id = m.recipient_id '
+                    "WHERE u.username = :u"
+                ),
+                {"u": carol.username},
+            ).scalar()
+        engine.dispose()
+        wait_until(lambda: all(t.count == truth for t in tabs), 30, "every tab at the truth")
+        assert any(len(t.connections) > 1 for t in tabs), "some tabs were on the killed host"
+        for tab in tabs:
+            for ids in tab.connections:
+                assert len(ids) == len(set(ids)), "nothing twice on one connection"
+    finally:
+        for tab in tabs:
+            tab.close()
