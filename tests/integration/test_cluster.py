@@ -241,3 +241,19 @@ def test_a_slot_migration_of_a_busy_users_channel_loses_nothing(cluster, cluster
     channels = redis.Redis(port=target).execute_command("PUBSUB SHARDCHANNELS")
     assert f"notifications:{busy.id}".encode() in channels, "the hub followed the channel"
     stream.close()
+
+
+def test_rate_limits_and_the_stream_cap_count_in_the_cluster(cluster, cluster_env, tmp_path):
+    env = {**cluster_env, "RATELIMIT_ENABLED": "1", "SEND_RATE": "3 per minute", "MAX_STREAMS_PER_USER": "1"}
+    limited = LiveServer(env, tmp_path / "gunicorn.log").start()
+    try:
+        dave, erin = register(limited, "limiteddave"), register(limited, "limitederin")
+        first = erin.stream(timeout=10)
+        assert first.status == 200
+        second = erin.stream(timeout=10)
+        assert second.status == 429 and "Retry-After" in {k.title() for k in second.headers}
+        second.close()
+        assert [dave.send(erin.username, f"m{i}").status_code for i in range(4)] == [302, 302, 302, 429]
+        first.close()
+    finally:
+        limited.stop()
