@@ -185,7 +185,7 @@ class RedisCluster:
     @property
     def url(self) -> str:
         """A seed node's URL, as ``REDIS_URL`` gives it in cluster mode."""
-        return f"redis://{self.host}:{self.ports[0]}/0"
+        return f"redis://{self.host}:{(self.live_ports() or self.ports)[0]}/0"
 
     def client(self, port: int) -> redis.Redis:
         return redis.Redis(host=self.host, port=port)

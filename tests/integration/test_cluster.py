@@ -244,7 +244,13 @@ def test_a_slot_migration_of_a_busy_users_channel_loses_nothing(cluster, cluster
 
 
 def test_rate_limits_and_the_stream_cap_count_in_the_cluster(cluster, cluster_env, tmp_path):
-    env = {**cluster_env, "RATELIMIT_ENABLED": "1", "SEND_RATE": "3 per minute", "MAX_STREAMS_PER_USER": "1"}
+    env = {
+        **cluster_env,
+        "REDIS_URL": cluster.url,  # a live seed: an earlier test killed a master
+        "RATELIMIT_ENABLED": "1",
+        "SEND_RATE": "3 per minute",
+        "MAX_STREAMS_PER_USER": "1",
+    }
     limited = LiveServer(env, tmp_path / "gunicorn.log").start()
     try:
         dave, erin = register(limited, "limiteddave"), register(limited, "limitederin")
