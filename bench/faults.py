@@ -34,7 +34,7 @@ import redis
 import sqlalchemy as sa
 
 from bench.harness import ROOT, Load, create_users, machine, percentiles, src
-from tests.helpers import Tab, WebUser, csrf_token
+from tests.helpers import Tab, WebUser, csrf_token, registered
 from tests.servers import LiveServer, PostgresServer, RedisServer, migrate, wait_until
 
 RECIPIENTS = 10
@@ -107,9 +107,7 @@ class Site:
         self.engine = sa.create_engine(url, pool_pre_ping=True)
 
     def register(self, name: str) -> WebUser:
-        user = WebUser(self.server.url, name)
-        assert user.register().status_code == 302, f"could not register {name}"
-        return user.login()
+        return registered(self.server.url, name)
 
     def start_server(self) -> None:
         self.server = LiveServer(self.env, self.tmp / f"gunicorn-{time.time():.0f}.log").start()
@@ -119,25 +117,21 @@ class Site:
 
     def truth(self) -> dict[str, int]:
         """Messages each recipient holds (nobody reads during a run): their true unread count."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.text(
-                    'SELECT u.username, count(m.id) FROM "user" u '
-                    "LEFT JOIN message m ON m.recipient_id = u.id GROUP BY u.username"
-                )
-            ).all()
-        return {name: n for name, n in rows}
+        return self._by_username(
+            'SELECT u.username, count(m.id) FROM "user" u '
+            "LEFT JOIN message m ON m.recipient_id = u.id GROUP BY u.username"
+        )
 
     def stored_counts(self) -> dict[str, int]:
         """The unread count each recipient's store holds (what a fresh tab is shown)."""
+        return self._by_username(
+            'SELECT u.username, n.payload_json FROM notification n JOIN "user" u ON u.id = n.user_id '
+            "WHERE n.name = 'unread_message_count'"
+        )
+
+    def _by_username(self, sql: str) -> dict[str, int]:
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.text(
-                    'SELECT u.username, n.payload_json FROM notification n JOIN "user" u ON u.id = n.user_id '
-                    "WHERE n.name = 'unread_message_count'"
-                )
-            ).all()
-        return {name: int(payload) for name, payload in rows}
+            return {name: int(value) for name, value in conn.execute(sa.text(sql)).all()}
 
     def warnings_since(self, offset: int) -> int:
         """Lines at WARNING or above the server logged past ``offset``."""

@@ -8,6 +8,7 @@ scenario alone; ``make faults`` (bench/faults.py) uses the same servers and user
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -397,6 +398,27 @@ class Rig:
                 break
             best = max(best, r["achieved_deliveries_per_s"])
         return {"steps": steps, "max_sustained_deliveries_per_s": best}
+
+    @contextlib.contextmanager
+    def serving(
+        self,
+        name: str,
+        app: str = "wsgi:app",
+        workers: int | None = None,
+        processes: int | None = None,
+        **config,
+    ) -> Iterator[tuple[Server, Load]]:
+        """A server (``server``) and load-client processes for it (default: ``load_processes``,
+        configured with ``config``, by default not reconnecting); all stopped afterwards."""
+        server = self.server(name, app, workers)
+        load = Load(server.port, processes or self.p["load_processes"])
+        try:
+            load.same({"cmd": "config", **(config or {"reconnect": False})})
+            yield server, load
+        finally:
+            load.close()
+            load.exit()
+            server.stop()
 
     def server(self, name: str, app: str = "wsgi:app", workers: int | None = None) -> Server:
         """gunicorn serving ``app`` against this rig's Redis and database."""

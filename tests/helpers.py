@@ -78,6 +78,13 @@ class WebUser:
         self.http.close()
 
 
+def registered(base_url: str, username: str, **options) -> WebUser:
+    """A new user, registered and logged in through the real forms (``options``: httpx's)."""
+    user = WebUser(base_url, username, **options)
+    assert user.register().status_code == 302, f"could not register {username}"
+    return user.login()
+
+
 @dataclass
 class SSEEvent:
     """One parsed SSE block."""

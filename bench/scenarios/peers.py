@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import time
 
-from bench.harness import Load, Rig, scenario
+from bench.harness import Rig, scenario
 
 
 @scenario("flask_sse")
 def flask_sse(rig: Rig) -> dict:
     """The peer on the same load: one set of streams, then the same publish runs and rate steps."""
     p = rig.p
-    server = rig.server("flask-sse", app="bench.peers.flask_sse_app:app")
-    load = Load(server.port, p["load_processes"])
-    load.same({"cmd": "config", "reconnect": False})
-    out: dict = {}
-    try:
+    with rig.serving("flask-sse", app="bench.peers.flask_sse_app:app") as (server, load):
+        out: dict = {}
         base_rss, base_redis = server.rss(), rig.redis.info()
         streams = p["peer_streams"]
         users = streams // 10
@@ -50,10 +47,6 @@ def flask_sse(rig: Rig) -> dict:
             print("flask-sse publish", streams, rate, r, flush=True)
         out["delivery_rate"] = rig.rate_steps(server, load, users, 10, peer=True)
         print("flask-sse rate", out["delivery_rate"]["max_sustained_deliveries_per_s"], flush=True)
-    finally:
-        load.close()
-        load.exit()
-        server.stop()
     return out
 
 
@@ -61,10 +54,7 @@ def flask_sse(rig: Rig) -> dict:
 def floor(rig: Rig) -> dict:
     """RSS per idle stream of a bare WSGI generator (a greenlet per stream) under the same gunicorn."""
     streams = rig.p["peer_streams"]
-    server = rig.server("floor", app="bench.peers.minimal_app:app")
-    load = Load(server.port, rig.p["load_processes"])
-    load.same({"cmd": "config", "reconnect": False})
-    try:
+    with rig.serving("floor", app="bench.peers.minimal_app:app") as (server, load):
         base = server.rss()
         r = load.open(rig.specs(streams, max(1, streams // 10)))
         time.sleep(2)
@@ -74,8 +64,4 @@ def floor(rig: Rig) -> dict:
             "app_rss_per_stream_kb": round((server.rss() - base) / max(1, r["opened"]) / 1024, 2),
         }
         print("floor", out, flush=True)
-    finally:
-        load.close()
-        load.exit()
-        server.stop()
     return out

@@ -16,11 +16,8 @@ def streams(rig: Rig) -> dict:
     """(a–c) memory, kernel memory, Redis connections and connect CPU at rising numbers of
     streams; (d) send→event at some of them; (f) the idle cost at the largest."""
     p = rig.p
-    server = rig.server("tidings-streams")
-    load = Load(server.port, p["load_processes"])
-    load.same({"cmd": "config", "reconnect": False})
-    out: dict = {}
-    try:
+    with rig.serving("tidings-streams") as (server, load):
+        out: dict = {}
         base_rss, base_redis, base_slab = server.rss(), rig.redis.info(), kernel_slab()
         out["baseline"] = {"app_rss": base_rss, **base_redis}
         levels = []
@@ -68,10 +65,6 @@ def streams(rig: Rig) -> dict:
             "http_requests_per_s": round((c1["http_requests"] - c0["http_requests"]) / p["idle_seconds"], 3),
         }
         print("tidings idle", out["idle"], flush=True)
-    finally:
-        load.close()
-        load.exit()
-        server.stop()
     return out
 
 
@@ -110,11 +103,8 @@ def send_to_event(rig: Rig, server: Server, load: Load, users: int, tabs: int) -
 def publish(rig: Rig) -> dict:
     """(d) publish→event: bench events PUBLISHed at a steady rate, latency at the streams."""
     p = rig.p
-    server = rig.server("tidings-publish")
-    load = Load(server.port, p["load_processes"])
-    load.same({"cmd": "config", "reconnect": False})
-    out: dict = {}
-    try:
+    with rig.serving("tidings-publish") as (server, load):
+        out: dict = {}
         for n, rate in p["publish_loads"]:
             users = n // 10
             load.close()
@@ -124,10 +114,6 @@ def publish(rig: Rig) -> dict:
             rig.samples[f"Tidings publish→event ({n} streams, {rate}/s)"] = r.pop("_samples")
             out[f"{n}@{rate}"] = r
             print("tidings publish", n, rate, r, flush=True)
-    finally:
-        load.close()
-        load.exit()
-        server.stop()
     return out
 
 
@@ -135,19 +121,12 @@ def publish(rig: Rig) -> dict:
 def rate(rig: Rig) -> dict:
     """(e) the highest delivery rate with p99 ≤ 100 ms and nothing lost."""
     p = rig.p
-    server = rig.server("tidings-rate")
-    load = Load(server.port, p["load_processes"])
-    load.same({"cmd": "config", "reconnect": False})
-    try:
+    with rig.serving("tidings-rate") as (server, load):
         users = p["rate_streams"] // 10
         load.open(rig.specs(p["rate_streams"], users))
         time.sleep(1)
         out = rig.rate_steps(server, load, users, 10, peer=False)
         print("tidings rate", out["max_sustained_deliveries_per_s"], flush=True)
-    finally:
-        load.close()
-        load.exit()
-        server.stop()
     return out
 
 
@@ -163,13 +142,12 @@ def restart(rig: Rig) -> dict:
     n = p["restart_streams"]
     users = n // 10
     per_load = 16000  # each load process stays under the descriptor limit
-    server = rig.server("tidings-restart", workers=2)
-    load = Load(server.port, max(p["load_processes"], -(-n // per_load)))
-    load.same({"cmd": "config", "honour_retry": True})
-    ids = [u["id"] for u in rig.users[:users]]
-    # What a worker's boot costs, to take out of the new workers' CPU below.
-    boot_cpu = CpuMeter._cpu(server.worker_pids()) / 2
-    try:
+    with rig.serving(
+        "tidings-restart", workers=2, processes=max(p["load_processes"], -(-n // per_load)), honour_retry=True
+    ) as (server, load):
+        ids = [u["id"] for u in rig.users[:users]]
+        # What a worker's boot costs, to take out of the new workers' CPU below.
+        boot_cpu = CpuMeter._cpu(server.worker_pids()) / 2
         r = load.open(rig.specs(n, users))
         rig.set_unread(ids, 1)
         wait_until(lambda: load.converged(dict.fromkeys(ids, 1)) >= r["opened"], 60)
@@ -206,10 +184,6 @@ def restart(rig: Rig) -> dict:
             "new_workers_cpu_ms_per_reconnect": round(app_cpu / max(1, reconnects) * 1000, 3),
         }
         print("tidings restart", out, flush=True)
-    finally:
-        load.close()
-        load.exit()
-        server.stop()
     return out
 
 
@@ -227,9 +201,7 @@ def wait_until(check, timeout: float) -> float | None:
 def polling(rig: Rig) -> dict:
     """The seed's client against the same server: GET /notifications?since= every 10 s."""
     p = rig.p
-    server = rig.server("tidings-polling")
-    load = Load(server.port, p["load_processes"])
-    try:
+    with rig.serving("tidings-polling") as (server, load):
         n = p["polling_clients"]
         since = time.time()
         specs = [
@@ -247,9 +219,6 @@ def polling(rig: Rig) -> dict:
         )
         elapsed = time.time() - t0
         c1 = server.counters()
-    finally:
-        load.exit()
-        server.stop()
     lat = [x for r in results for x in r["latencies"]]
     requests = sum(r["requests"] for r in results)
     # A notification waits on average half the interval for the next poll, at worst all of it.
@@ -275,12 +244,9 @@ def hold(rig: Rig) -> dict:
     target, seconds = rig.p["hold"]
     per_worker = 16000
     workers = max(int(os.environ.get("WEB_CONCURRENCY", "2")), -(-target // per_worker))
-    server = rig.server("tidings-hold", workers=workers)
     procs = max(rig.p["load_processes"], -(-target // 16000))
-    load = Load(server.port, procs)
-    load.same({"cmd": "config", "reconnect": False})
-    base_rss = server.rss()
-    try:
+    with rig.serving("tidings-hold", workers=workers, processes=procs) as (server, load):
+        base_rss = server.rss()
         r = load.open(rig.specs(target, max(1, target // 10)))
         time.sleep(seconds)
         s = load.stats()
@@ -300,8 +266,4 @@ def hold(rig: Rig) -> dict:
             "last_error": r["last_error"],
         }
         print("tidings held", out, flush=True)
-    finally:
-        load.close()
-        load.exit()
-        server.stop()
     return out

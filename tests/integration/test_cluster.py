@@ -14,7 +14,7 @@ import time
 import pytest
 import redis
 
-from tests.helpers import WebUser, user_id
+from tests.helpers import WebUser, registered, user_id
 from tests.servers import ROOT, LiveServer, RedisCluster, wait_until
 
 
@@ -46,18 +46,12 @@ def cluster_server(cluster_env, tmp_path_factory):
     live.stop()
 
 
-def register(server: LiveServer, name: str) -> WebUser:
-    user = WebUser(server.url, name)
-    assert user.register().status_code == 302
-    return user.login()
-
-
 def users_on_every_master(server, env, cluster, prefix: str) -> dict[int, WebUser]:
     """Register users until each master owns one of their channels; one user per master."""
     found: dict[int, WebUser] = {}
     n = 0
     while len(found) < len(cluster.masters()):
-        user = register(server, f"{prefix}{n}")
+        user = registered(server.url, f"{prefix}{n}")
         user.id = user_id(env, user.username)
         found.setdefault(cluster.owner(f"notifications:{user.id}"), user)
         n += 1
@@ -73,7 +67,7 @@ def test_events_reach_users_on_every_master_through_one_hub_connection_per_maste
     cluster, cluster_env, cluster_server
 ):
     users = users_on_every_master(cluster_server, cluster_env, cluster, "shard")
-    sender = register(cluster_server, "shardsender")
+    sender = registered(cluster_server.url, "shardsender")
     streams = {}
     for port, user in users.items():
         s = user.stream(timeout=10)
@@ -101,7 +95,7 @@ def test_events_reach_users_on_every_master_through_one_hub_connection_per_maste
 
 def test_flask_follow_prints_a_users_sharded_messages(cluster, cluster_env, cluster_server):
     (user, *_) = users_on_every_master(cluster_server, cluster_env, cluster, "followed").values()
-    sender = register(cluster_server, "followsender")
+    sender = registered(cluster_server.url, "followsender")
     follow = subprocess.Popen(
         [sys.executable, "-m", "flask", "--app", "wsgi", "follow", user.username, "--count", "2"],
         cwd=ROOT,
@@ -192,7 +186,7 @@ def messages_to(env, user: WebUser) -> int:
 def test_a_killed_master_whose_replica_takes_over_loses_nothing(cluster, cluster_env, cluster_server):
     users = users_on_every_master(cluster_server, cluster_env, cluster, "failover")
     victim, user = next(iter(users.items()))
-    sender = register(cluster_server, "failoversender")
+    sender = registered(cluster_server.url, "failoversender")
     stream = user.stream(timeout=10)
     assert stream.status == 200
     with Traffic(sender, user) as traffic:
@@ -212,7 +206,7 @@ def test_a_slot_migration_of_a_busy_users_channel_loses_nothing(cluster, cluster
     users = users_on_every_master(cluster_server, cluster_env, cluster, "resharded")
     source, busy = next(iter(users.items()))
     target = next(p for p in users if p != source)
-    sender = register(cluster_server, "reshardsender")
+    sender = registered(cluster_server.url, "reshardsender")
     stream = busy.stream(timeout=10)
     assert stream.status == 200
     ids = []
@@ -253,7 +247,7 @@ def test_rate_limits_and_the_stream_cap_count_in_the_cluster(cluster, cluster_en
     }
     limited = LiveServer(env, tmp_path / "gunicorn.log").start()
     try:
-        dave, erin = register(limited, "limiteddave"), register(limited, "limitederin")
+        dave, erin = registered(limited.url, "limiteddave"), registered(limited.url, "limitederin")
         first = erin.stream(timeout=10)
         assert first.status == 200
         second = erin.stream(timeout=10)

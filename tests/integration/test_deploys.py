@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.helpers import Tab, WebUser
+from tests.helpers import Tab, WebUser, registered
 from tests.servers import LiveServer, RedisServer, wait_until
 
 # The hub's confirmation wait (app/notifications/hub.py); no handshake may come near it.
@@ -47,16 +47,10 @@ def deploy_server(sqlite_env, tmp_path_factory):
     live.stop()
 
 
-def register(server: LiveServer, name: str) -> WebUser:
-    user = WebUser(server.url, name)
-    assert user.register().status_code == 302
-    return user.login()
-
-
 def test_every_hup_cuts_each_stream_once_and_no_stream_lands_on_a_stopping_worker(deploy_server, tabs):
     server = deploy_server
-    users = [register(server, f"deploy{i}") for i in range(10)]
-    sender = register(server, "deploysender")
+    users = [registered(server.url, f"deploy{i}") for i in range(10)]
+    sender = registered(server.url, "deploysender")
     steady = [tabs(u) for u in users for _ in range(2)]
     wait_until(lambda: all(t.open for t in steady), 20, "every tab connected")
 
@@ -128,8 +122,8 @@ OUTAGE_SECONDS = 30.0
 
 def test_a_30_s_redis_outage_under_traffic_logs_a_few_lines_per_10_s(outage_server, tabs):
     server, own_redis = outage_server
-    users = [register(server, f"outage{i}") for i in range(5)]
-    sender = register(server, "outagesender")
+    users = [registered(server.url, f"outage{i}") for i in range(5)]
+    sender = registered(server.url, "outagesender")
     steady = [tabs(u) for u in users for _ in range(2)]
     wait_until(lambda: all(t.open for t in steady), 20, "every tab connected")
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.helpers import SSE, WebUser
+from tests.helpers import SSE, WebUser, registered
 from tests.servers import (
     LiveServer,
     Network,
@@ -60,9 +60,7 @@ def site(tmp_path_factory):
 
 
 def browser(nginx: NginxServer, name: str) -> WebUser:
-    user = WebUser(nginx.url, name, http2=True, verify=False)
-    assert user.register().status_code == 302
-    return user.login()
+    return registered(nginx.url, name, http2=True, verify=False)
 
 
 def direct_stream(web: LiveServer, user: WebUser) -> SSE:

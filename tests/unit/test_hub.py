@@ -27,7 +27,7 @@ class ScriptedPubSub:
 
     def send_command(self, *args, check_health=True):
         self.sent.append(args)
-        if args[0] in ("SUBSCRIBE", "UNSUBSCRIBE"):
+        if args[0] in ("SUBSCRIBE", "UNSUBSCRIBE", "SSUBSCRIBE", "SUNSUBSCRIBE"):
             for n, channel in enumerate(args[1:], 1):
                 self.replies.put([args[0].lower().encode(), channel.encode(), n])
 

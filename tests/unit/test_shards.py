@@ -15,29 +15,11 @@ import redis
 from app.notifications.events import Event
 from app.notifications.hub import Hub
 from app.notifications.shards import ShardedHub
+from tests.unit.test_hub import ScriptedPubSub
 
 
-class NodeConnection:
-    """A sharded pub/sub connection to one node: confirms SSUBSCRIBE, delivers what is pushed."""
-
-    def __init__(self, node: str, cluster: FakeCluster) -> None:
-        self.node, self.cluster = node, cluster
-        self.sent: list[tuple] = []
-        self.replies: gevent.queue.Queue = gevent.queue.Queue()
-
-    def send_command(self, *args, check_health=True):
-        self.sent.append(args)
-        if args[0] in ("SSUBSCRIBE", "SUNSUBSCRIBE"):
-            self.replies.put([args[0].lower().encode(), args[1].encode(), 1])
-
-    def read_response(self):
-        reply = self.replies.get()
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
-
-    def disconnect(self):
-        pass
+class NodeConnection(ScriptedPubSub):
+    """A sharded pub/sub connection to one node (SSUBSCRIBE is confirmed as SUBSCRIBE is)."""
 
     def channels(self) -> list[str]:
         return [a[1] for a in self.sent if a[0] == "SSUBSCRIBE"]
@@ -73,7 +55,7 @@ class FakeCluster:
     def connect(self, node: str) -> NodeConnection:
         if node in self.down:
             raise redis.ConnectionError(f"{node} is down")
-        conn = NodeConnection(node, self)
+        conn = NodeConnection()
         self.conns.setdefault(node, []).append(conn)
         return conn
 
