@@ -46,7 +46,7 @@ def main() -> None:
     server = rig.server("profile", workers=1)
     load = Load(server.port, 2)
     load.same({"cmd": "config", "reconnect": False})
-    specs = rig.specs(args.streams, max(1, args.streams // 4))
+    specs = rig.specs(args.streams, max(1, min(len(rig.users), args.streams // 4)))
     for spec in specs:
         spec["path"] = args.path
     raw = rig.tmp / "flame.txt"
