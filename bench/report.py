@@ -230,7 +230,7 @@ def _scaleout(so: dict) -> list[str]:
         pe = w["publish_to_event"]
         lt = pe["latency_ms"]
         redis_cpu = ", ".join(
-            f"{k} {v}" for k, v in pe["cores_used"].items() if k.startswith(("redis", "master"))
+            f"{k} {v}" for k, v in pe["cores_used"].items() if k.startswith(("redis", "master", "replicas"))
         )
         lines.append(
             f"| {name} | {lt.get('p50')} / {lt.get('p99')} / {lt.get('max')} | "

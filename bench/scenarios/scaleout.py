@@ -30,7 +30,7 @@ TABS = 10  # per user, split over the two hosts
 class Way:
     """How one way's servers are configured and how the benchmark publishes on it."""
 
-    def __init__(self, name: str, envs: list[dict], publisher: Callable, redis_pids: dict[str, int]) -> None:
+    def __init__(self, name: str, envs: list[dict], publisher: Callable, redis_pids: dict) -> None:
         self.name, self.envs, self.publisher, self.redis_pids = name, envs, publisher, redis_pids
 
 
@@ -49,6 +49,8 @@ def scaleout(rig: Rig) -> dict:
         single = RedisServer(tmp / "single", host=net.gateway).start()
         cluster = RedisCluster(tmp / "cluster", host=net.gateway).start()
         masters = sorted(cluster.masters())
+        # The replicas share these cores too (SPUBLISH is replicated to them): count them apart.
+        replicas = [cluster.procs[p].pid for p in cluster.ports if p not in masters]
         base = {
             **rig.env,
             "WEB_CONCURRENCY": "1",
@@ -66,13 +68,19 @@ def scaleout(rig: Rig) -> dict:
                 "cluster, classic PUBLISH",
                 [{**base, "REDIS_URL": f"redis://{net.gateway}:{masters[i]}/0"} for i in range(2)],
                 _plain(net.gateway, masters[2], "publish"),
-                {f"master {i + 1}": cluster.procs[p].pid for i, p in enumerate(masters)},
+                {
+                    **{f"master {i + 1}": cluster.procs[p].pid for i, p in enumerate(masters)},
+                    "replicas": replicas,
+                },
             ),
             Way(
                 "cluster, sharded SPUBLISH",
                 [{**base, "REDIS_URL": cluster.url, "REDIS_CLUSTER": "1"}] * 2,
                 _sharded(cluster.url),
-                {f"master {i + 1}": cluster.procs[p].pid for i, p in enumerate(masters)},
+                {
+                    **{f"master {i + 1}": cluster.procs[p].pid for i, p in enumerate(masters)},
+                    "replicas": replicas,
+                },
             ),
         ]
         out["ways"] = {}
@@ -175,7 +183,9 @@ def publish_run(rig: Rig, way: Way, servers, loads, rate: float, duration: float
     """Events to the users' channels so that deliveries/s = rate (``TABS`` each); latency at the tabs."""
     for load in loads:
         load.take()
-    pids = {name: [pid] for name, pid in way.redis_pids.items()}
+    pids = {name: [pid] for name, pid in way.redis_pids.items() if name != "replicas"}
+    if "replicas" in way.redis_pids:
+        pids["replicas"] = way.redis_pids["replicas"]
     pids["web hosts"] = [pid for s in servers for pid in s.worker_pids()]
     pids["publisher"] = [os.getpid()]
     cpu = CpuMeter(pids)
