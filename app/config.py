@@ -79,6 +79,9 @@ def load_config(instance_path: str) -> dict:
         "SSE_RETRY_MS": _int_env("SSE_RETRY_MS", 3000),
         # A stopping worker tells each stream to come back after a random 0.5 s to this long.
         "SSE_DRAIN_RETRY_MS": _int_env("SSE_DRAIN_RETRY_MS", 5000),
+        # How long a stopping worker waits for the new workers to take its open streams over
+        # (app/succession.py); 0: never carry them, close them (with the retry: above).
+        "SSE_HANDOFF_SECONDS": _int_env("SSE_HANDOFF_SECONDS", 10, minimum=0),
         # Open streams one worker holds before answering 503; 0: what its open-files limit allows.
         "MAX_STREAMS_PER_WORKER": _int_env("MAX_STREAMS_PER_WORKER", 0),
         # Open streams one user may hold across every worker and host (0: no cap); beyond: 429.

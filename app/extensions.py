@@ -52,8 +52,12 @@ class Realtime:
     key = "tidings.realtime"
 
     def init_app(self, app: Flask) -> None:
-        """Attach an empty per-app state."""
-        app.extensions[self.key] = _RealtimeState(app)
+        """Attach an empty per-app state; take the streams a stopping worker carries here."""
+        from app import succession
+        from app.notifications.live import CARRIED
+
+        state = app.extensions[self.key] = _RealtimeState(app)
+        succession.receive(CARRIED, lambda items: state.streams.carry_in(items))
 
     @staticmethod
     def state(app: Flask | None = None) -> _RealtimeState:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -124,6 +125,16 @@ def load_user(token: str) -> User | None:
     if row is not None:
         row.login_token = token
     return row
+
+
+def open_logins(tokens: Collection[str]) -> set[str]:
+    """Those of ``tokens`` whose login has not been revoked (streams carried to a new worker)."""
+    wanted = [t for t in tokens if _plausible(t)]
+    if not wanted:
+        return set()
+    query = sa.select(Login.token).where(Login.token.in_(wanted), Login.revoked_at.is_(None))
+    with db.engine.connect() as conn:
+        return set(conn.execute(query).scalars())
 
 
 def user_id_of_login(token: object) -> int | None:

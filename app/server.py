@@ -12,10 +12,11 @@ gunicorn's gevent worker with four changes:
   alone. Nothing depends on the identity of the object the app returns.
 * **Requests, not streams, count toward ``max_requests``.** A stream is not a request that
   ends; counting it would restart a worker under its own open streams.
-* **Stop accepting, then drain.** On SIGTERM/HUP (or when ``max_requests`` fires) the worker
-  closes its listening sockets first, refuses streams asked on connections it already has,
-  then asks the owners of taken connections (the notification streams) to drain, so no
-  browser reconnects into a stopping worker.
+* **Stop accepting, then carry or drain.** On SIGTERM/HUP (or when ``max_requests`` fires)
+  the worker closes its listening sockets first and refuses streams asked on connections it
+  already has, so no browser reconnects into a stopping worker. It then asks the owners of
+  taken connections (the notification streams) to pass them to the workers that succeed it
+  (``app/succession.py``: on a deploy the connections stay open) and to close the rest.
 * **Refusals at boot** for what cannot work: TLS at gunicorn (a taken socket has no TLS
   state; terminate TLS at the proxy, see ``deploy/``).
 """
@@ -36,6 +37,8 @@ from gevent.server import StreamServer
 from gunicorn.workers.base_async import ALREADY_HANDLED
 from gunicorn.workers.ggevent import GeventWorker
 
+from app.succession import Inbox, Successors, directory
+
 log = logging.getLogger(__name__)
 
 ENVIRON_KEY = "tidings.handover"
@@ -48,10 +51,11 @@ class HandoverRefused(RuntimeError):
 
 
 class Owner(Protocol):
-    """What takes connections over: it can end them all when the worker stops."""
+    """What takes connections over: it gives them all up when the worker stops."""
 
-    def drain(self) -> None:
-        """Close every taken connection (browsers reconnect to another worker)."""
+    def drain(self, successors: Successors | None = None) -> None:
+        """Carry taken connections to ``successors`` where it can; close the rest (browsers
+        reconnect to another worker)."""
 
 
 class Closeable(Protocol):
@@ -136,6 +140,14 @@ class StreamWorker(GeventWorker):
         self.served_app = self.wsgi  # the application itself (the Flask app, or its middleware)
         self.wsgi = partial(self._serve, self.served_app)
 
+    def _open_inbox(self) -> Inbox | None:
+        """Listen for connections a stopping sibling carries over (app/succession.py)."""
+        try:
+            return Inbox(directory(self.ppid), str(self.pid), lambda: self.alive, self.owners.add).open()
+        except OSError as exc:
+            self.log.warning("cannot take streams from stopping workers (%s); they will reconnect", exc)
+            return None
+
     # -- per request -----------------------------------------------------------------
 
     def _serve(self, app: Callable, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
@@ -203,6 +215,7 @@ class StreamWorker(GeventWorker):
                 server.max_accept = 1
             server.start()
             servers.append(server)
+        inbox = self._open_inbox()
 
         while self.alive:
             self.notify()
@@ -210,11 +223,15 @@ class StreamWorker(GeventWorker):
 
         for server in servers:
             server.close()  # first: no new connection can land on this worker
+        if inbox is not None:
+            inbox.close()  # and no sibling carries its connections here
+        successors = Successors(directory(self.ppid), self.pid)
         for owner in list(self.owners):
             try:
-                owner.drain()
+                owner.drain(successors)
             except Exception:
                 log.exception("could not drain %r", owner)
+        successors.close()
         self._finish_requests(servers)
 
     def _finish_requests(self, servers: list[StreamServer]) -> None:

@@ -24,6 +24,9 @@ HUB_CONNECTED = Gauge(
     multiprocess_mode="livemin",
 )
 DELIVERIES = Counter("tidings_deliveries", "Events handed to open streams (one per stream)")
+STREAMS_CARRIED = Counter(
+    "tidings_streams_carried", "Open streams a stopping worker passed to its successors (never closed)"
+)
 SLOW_CLIENT_CUTOFFS = Counter(
     "tidings_slow_client_cutoffs", "Streams closed because their client fell too far behind"
 )

@@ -55,10 +55,11 @@ class Subscription:
 
     MAX_PENDING = 64
 
-    __slots__ = ("user_id", "session_tag", "resync", "closed", "_mailbox", "_sink")
+    __slots__ = ("user_id", "login", "session_tag", "resync", "closed", "_mailbox", "_sink")
 
     def __init__(self, user_id: int, session: str | None) -> None:
         self.user_id = user_id
+        self.login = session  # the login token, for a worker this stream is carried to
         self.session_tag = session_tag(session) if session else None
         self.resync = False
         self.closed = False
@@ -283,8 +284,8 @@ class Hub:
         count = 0
         for subs in list(self._subs.values()):
             for sub in list(subs):
+                count += not sub.closed  # those carried to another worker are closed here already
                 sub.close()
-                count += 1
         log.info("hub shutting down: closed %d streams", count)
 
     def stats(self) -> dict[str, Any]:

@@ -8,6 +8,13 @@ reads the event from Redis, and an idle stream costs a socket, two small objects
 watcher that notices the browser going away. No greenlet, request context or database
 connection stays behind.
 
+When the worker stops (a deploy, ``max_requests``) its streams are carried to the workers
+that succeed it (``app/succession.py``): each socket, with its user, login, lease and what
+it has seen, goes to a new worker, which subscribes, re-reads the store above what the
+stream has seen and carries on; the browser's connection never closes. Streams that cannot
+be carried (no successor within ``handoff_seconds``, a stream behind on its writes) are
+closed with a jittered ``retry:`` instead, and their browsers reconnect.
+
 A socket that cannot take a frame at once (its kernel buffer is full) keeps the rest in a
 queue flushed when it becomes writable. A client that falls further behind than
 ``max_queued`` bytes more is disconnected: its browser reconnects with the ``Last-Event-ID``
@@ -18,11 +25,12 @@ from __future__ import annotations
 
 import _socket
 import logging
+import os
 import random
 import resource
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 import gevent
 import gevent.event
@@ -32,8 +40,12 @@ from app import telemetry
 from app.notifications.caps import StreamCap
 from app.notifications.events import Event
 from app.notifications.hub import Hub, Subscription
+from app.succession import PACKET_FDS, Successors
 
 log = logging.getLogger(__name__)
+
+# The kind of connection this module carries from a stopping worker (app/succession.py).
+CARRIED = "tidings.streams"
 
 KEEPALIVE = b": keepalive\n\n"
 _READ, _WRITE = 1, 2  # libev/libuv event masks
@@ -73,6 +85,17 @@ class Unseen:
         """The SSE frames of the events that are new, concatenated."""
         return b"".join(e.wire for e in events if self.admit(e))
 
+    def state(self) -> dict:
+        """What it remembers, as JSON (for a worker the stream is carried to)."""
+        return {"floor": self.floor, "sent": self.sent}
+
+    @classmethod
+    def restore(cls, state: dict) -> Unseen:
+        """The filter ``state()`` described; ValueError/TypeError if it is malformed."""
+        unseen = cls(int(state["floor"]))
+        unseen.sent = {str(k): int(v) for k, v in state["sent"].items()}
+        return unseen
+
 
 class LiveStream:
     """One open stream: a non-blocking socket, a read watcher and, while behind, a write queue.
@@ -87,6 +110,7 @@ class LiveStream:
         "unseen",
         "last_write",
         "closed",
+        "leaving",
         "_streams",
         "_sock",
         "_reader",
@@ -103,6 +127,7 @@ class LiveStream:
         self.unseen = unseen
         self.last_write = time.monotonic()
         self.closed = False
+        self.leaving = False  # being carried to another worker: it writes from now on
         self._streams = streams
         self._sock = sock
         self._sock.setblocking(False)
@@ -131,7 +156,7 @@ class LiveStream:
 
     def write(self, data: bytes) -> None:
         """Send ``data`` now, or queue what the socket does not take yet."""
-        if self.closed:
+        if self.closed or self.leaving:
             return
         if self._queue is None:
             try:
@@ -155,15 +180,44 @@ class LiveStream:
             return
         self.closed = True
         self.sub.closed = True
+        self._stop_watchers()
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        self._streams.release(self)
+
+    def _stop_watchers(self) -> None:
         for watcher in (self._reader, self._writer):
             if watcher is not None:
                 watcher.stop()
                 watcher.close()
         self._reader = self._writer = self._queue = None
-        try:
-            self._sock.close()
-        except OSError:
-            pass
+
+    # -- carrying it to another worker -------------------------------------------------
+
+    @property
+    def carriable(self) -> bool:
+        """Whether it can be carried: open, with nothing waiting to be written."""
+        return not self.closed and self._queue is None
+
+    def state(self) -> dict:
+        """Everything a successor needs besides the socket (app/succession.py)."""
+        sub = self.sub
+        return {"user": sub.user_id, "login": sub.login, "lease": self.lease, "unseen": self.unseen.state()}
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def detach(self) -> None:
+        """Give the connection up without closing it: a successor owns it (and the lease) now."""
+        if self.closed:
+            return
+        self.closed = True
+        self.sub.closed = True
+        self._stop_watchers()
+        self._sock.close()  # our descriptor only: the successor's keeps the connection open
+        self.lease = None
         self._streams.release(self)
 
     # -- the event loop's callbacks --------------------------------------------------
@@ -232,12 +286,17 @@ class Streams:
         capacity: int = 0,
         cap: StreamCap | None = None,
         drain_retry_ms: int = 5000,
+        handoff_seconds: float = 10.0,
+        open_logins: Callable[[Collection[str]], set[str]] | None = None,
         max_queued: int = 256 * 1024,
         resync_concurrency: int = 4,
     ) -> None:
+        """``open_logins(tokens)``: those of ``tokens`` not revoked (checked for carried streams)."""
         self.hub = hub
         self.cap = cap
         self.drain_retry_ms = drain_retry_ms
+        self.handoff_seconds = handoff_seconds
+        self._open_logins = open_logins
         self.loop = gevent.get_hub().loop
         self.heartbeat = heartbeat
         self.capacity = capacity or default_capacity()
@@ -254,11 +313,16 @@ class Streams:
     @classmethod
     def for_app(cls, app, hub: Hub, client) -> Streams:
         """Streams reading the app's store and settings, capping users' streams in ``client``'s Redis."""
+        from app.models import open_logins
         from app.notifications.store import stored_events
 
         def read_store(user_id: int, since_id: int) -> list[Event]:
             with app.app_context():
                 return stored_events(user_id, since_id)
+
+        def logins(tokens: Collection[str]) -> set[str]:
+            with app.app_context():
+                return open_logins(tokens)
 
         return cls(
             hub,
@@ -267,6 +331,8 @@ class Streams:
             capacity=int(app.config["MAX_STREAMS_PER_WORKER"]),
             cap=StreamCap(client, int(app.config["MAX_STREAMS_PER_USER"])),
             drain_retry_ms=int(app.config["SSE_DRAIN_RETRY_MS"]),
+            handoff_seconds=float(app.config["SSE_HANDOFF_SECONDS"]),
+            open_logins=logins,
         )
 
     def adopt(
@@ -289,7 +355,8 @@ class Streams:
         self._by_write[stream] = None
         telemetry.STREAMS_OPEN.inc()
         try:
-            stream.write(head)
+            if head:
+                stream.write(head)
             stream.send_events(sub.attach(stream))
         except BaseException:
             stream.close()
@@ -301,15 +368,116 @@ class Streams:
             stream.resync()
         return stream
 
-    def drain(self) -> None:
-        """Close every stream now (the worker is stopping): browsers reconnect to another one.
+    def drain(self, successors: Successors | None = None) -> None:
+        """Give every stream up (the worker is stopping): carried to ``successors`` where it
+        can be, else closed, so its browser reconnects to another worker.
 
-        Each stream first gets a ``retry:`` drawn from [0.5 s, ``drain_retry_ms``], so the
-        browsers of a deploy come back spread over that window, not in the same millisecond.
+        A closed stream first gets a ``retry:`` drawn from [0.5 s, ``drain_retry_ms``], so the
+        browsers come back spread over that window, not in the same millisecond.
         """
+        if successors is not None and self.handoff_seconds > 0 and self._by_write:
+            self._carry_out(successors)
         for stream in list(self._by_write):
             stream.write(f"retry: {random.randint(500, max(500, self.drain_retry_ms))}\n\n".encode())
         self.hub.shutdown()
+
+    def _carry_out(self, successors: Successors) -> None:
+        """Carry the streams to the successors, a user's streams together, a packet at a time.
+
+        The hub keeps delivering while the new workers boot. From the moment a packet's
+        streams are marked ``leaving`` they write nothing more here; what they miss from then
+        on the successor reads from the store (above what each has seen).
+        """
+        started = time.monotonic()
+        if not successors.wait(self.handoff_seconds):
+            log.warning("no worker came to take %d streams within %g s; closing them", len(self), self.handoff_seconds)
+            return
+        by_user: dict[int, list[LiveStream]] = {}
+        for stream in self._by_write:
+            if stream.carriable:
+                by_user.setdefault(stream.sub.user_id, []).append(stream)
+        carried = offered = 0
+        packet: list[LiveStream] = []
+        for mine in [*by_user.values(), []]:  # the empty one sends the last packet
+            if packet and (not mine or len(packet) + len(mine) > PACKET_FDS):
+                offered += len(packet)
+                carried += self._carry_packet(successors, packet)
+                packet = []
+            packet.extend(mine)
+            while len(packet) >= PACKET_FDS:
+                offered += PACKET_FDS
+                carried += self._carry_packet(successors, packet[:PACKET_FDS])
+                packet = packet[PACKET_FDS:]
+        telemetry.STREAMS_CARRIED.inc(carried)
+        log.info(
+            "carried %d streams to the workers succeeding this one in %.2f s (%d refused, %d left to close)",
+            carried,
+            time.monotonic() - started,
+            offered - carried,
+            len(self),
+        )
+
+    def _carry_packet(self, successors: Successors, packet: list[LiveStream]) -> int:
+        packet = [s for s in packet if s.carriable]  # one may have closed while others travelled
+        for stream in packet:
+            stream.leaving = True
+        if successors.carry(CARRIED, [(s.state(), s.fileno()) for s in packet]):
+            for stream in packet:
+                stream.detach()
+            return len(packet)
+        for stream in packet:
+            stream.leaving = False  # closed with the others: its browser reconnects and replays
+        return 0
+
+    def carry_in(self, items: list[tuple[dict, int]]) -> Streams:
+        """Adopt streams a stopping worker carried here (``(state, fd)``); returns the owner.
+
+        Each gets its subscription (confirmed), then a store re-read above what it has seen;
+        a stream whose login was revoked meanwhile is closed. It owns every descriptor.
+        """
+        self._start()
+        gevent.spawn(self._take_in, items)
+        return self
+
+    def _take_in(self, items: list[tuple[dict, int]]) -> None:
+        adopted: list[LiveStream] = []
+        pool = gevent.pool.Pool(64)  # a subscription waits for Redis' confirmation: many at once
+
+        def take(state: dict, fd: int) -> None:
+            try:
+                if self.full:
+                    raise RuntimeError("this worker holds all the streams it can")
+                unseen = Unseen.restore(state["unseen"])
+                user_id, login, lease = int(state["user"]), state["login"], state["lease"]
+            except Exception as exc:
+                log.warning("could not adopt a carried stream (%s); its browser reconnects", exc)
+                os.close(fd)
+                return
+            sub = self.hub.subscribe(user_id, login)
+            stream = self.adopt(sub, fd, unseen, b"", lease)
+            if not stream.closed:
+                adopted.append(stream)
+
+        for state, fd in items:
+            pool.spawn(take, state, fd)
+        pool.join()
+        self._close_revoked(adopted)
+        for stream in adopted:
+            stream.resync()
+
+    def _close_revoked(self, streams: list[LiveStream]) -> None:
+        """Close the streams whose login ended while they travelled (its control message is missed)."""
+        if self._open_logins is None:
+            return
+        tokens = {s.sub.login for s in streams if s.sub.login is not None}
+        try:
+            alive = self._open_logins(tokens)
+        except Exception:
+            log.exception("could not check the logins of carried streams; closing them")
+            alive = set()
+        for stream in streams:
+            if stream.sub.login is not None and stream.sub.login not in alive:
+                stream.close()
 
     def __len__(self) -> int:
         return len(self._by_write)

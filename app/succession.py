@@ -1,0 +1,247 @@
+"""Carrying taken connections from a stopping gunicorn worker to the workers that succeed it.
+
+On a deploy (``kill -HUP``) gunicorn forks the new workers first, then sends SIGTERM to the
+old ones. Rather than close every open notification stream and have every browser reconnect
+in the same few seconds, a stopping worker passes each stream's socket, with the little
+state it needs, to a new worker: the TCP connection never closes and the browser notices
+nothing. The same happens when one worker restarts after ``max_requests``: its sibling
+takes its streams.
+
+The sockets travel over a Unix ``SOCK_SEQPACKET`` socket as ``SCM_RIGHTS`` ancillary data,
+one packet of at most :data:`PACKET_FDS` descriptors with a JSON header. Each worker listens
+on ``<dir>/<pid>.sock`` once its app is loaded (:class:`Inbox`); ``<dir>`` belongs to one
+gunicorn master (:func:`directory`). A stopping worker first replaces its own socket with a
+``<pid>.stopped`` mark, then waits until every worker the master forked after it (read from
+``/proc``) listens or has stopped too, and offers its connections to those that listen
+(:class:`Successors`). A receiver answers each
+packet with one byte: ``1`` when it owns the descriptors, ``0`` when it refused them (it is
+stopping too, or nothing in it takes that kind); a refused connection stays with the sender,
+which closes it as before (``Owner.drain``), and its browser reconnects.
+
+Nothing in the standard library or gunicorn does this (gunicorn hands its *listening*
+sockets to a new master on USR2, never established connections), hence this module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gevent
+
+log = logging.getLogger(__name__)
+
+# Linux takes at most 253 descriptors in one SCM_RIGHTS message (SCM_MAX_FD).
+PACKET_FDS = 200
+_MAX_PACKET = 1 << 20
+
+# What receives carried connections, by kind: ``adopt(items)`` owns each ``(state, fd)`` from
+# the call on, and returns what drains them when this worker stops in its turn (an Owner).
+Adopter = Callable[[list[tuple[dict, int]]], Any]
+_adopters: dict[str, Adopter] = {}
+
+
+def receive(kind: str, adopter: Adopter) -> None:
+    """Let this process take carried connections of ``kind`` (the app registers at load)."""
+    _adopters[kind] = adopter
+
+
+def directory(master_pid: int) -> Path:
+    """The folder where one gunicorn master's workers listen for carried connections."""
+    path = Path(tempfile.gettempdir()) / f"tidings-succession-{master_pid}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+class Inbox:
+    """This worker's socket for connections carried to it: ``<dir>/<pid>.sock``."""
+
+    def __init__(self, folder: Path, name: str, accepting: Callable[[], bool], adopted: Callable[[Any], None]):
+        """``accepting()``: whether to take connections now; ``adopted(owner)``: register an owner."""
+        self.path = folder / f"{name}.sock"
+        self._accepting = accepting
+        self._adopted = adopted
+        self._listener: socket.socket | None = None
+        self._greenlet: gevent.Greenlet | None = None
+
+    def open(self) -> Inbox:
+        """Listen (replacing a stale socket file of a dead process with the same name)."""
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        listener.bind(str(self.path))
+        listener.listen(16)
+        self._listener = listener
+        self._greenlet = gevent.spawn(self._accept)
+        return self
+
+    def close(self) -> None:
+        """Take nothing more: the socket file goes first, so no sender finds it, and a mark
+        tells older workers not to wait for this one."""
+        self.path.with_suffix(".stopped").touch()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+            self._greenlet = None
+
+    def _accept(self) -> None:
+        while self._listener is not None:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            gevent.spawn(self._serve, conn)
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            while True:
+                try:
+                    data, fds, _, _ = socket.recv_fds(conn, _MAX_PACKET, PACKET_FDS)
+                except OSError:
+                    return
+                if not data:
+                    return
+                self._take(conn, data, fds)
+
+    def _take(self, conn: socket.socket, data: bytes, fds: list[int]) -> None:
+        try:
+            header = json.loads(data)
+            adopter = _adopters.get(header["kind"])
+            states = header["states"]
+            ok = adopter is not None and self._accepting() and len(states) == len(fds)
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            for fd in fds:
+                os.close(fd)
+            _answer(conn, b"0")
+            return
+        _answer(conn, b"1")  # from here on the descriptors are ours, whatever the adopter does
+        try:
+            self._adopted(adopter(list(zip(states, fds))))
+        except Exception:
+            log.exception("could not adopt %d carried connections; their browsers reconnect", len(fds))
+
+
+def _answer(conn: socket.socket, byte: bytes) -> None:
+    try:
+        conn.send(byte)
+    except OSError:
+        pass
+
+
+class Successors:
+    """The workers that may take a stopping worker's connections, and the way to them."""
+
+    def __init__(self, folder: Path, me: int, newer: Callable[[], set[int]] | None = None) -> None:
+        """``newer()``: the live workers forked after ``me`` (default: read from ``/proc``)."""
+        self.folder = folder
+        self.me = me
+        self._newer = newer or (lambda: newer_siblings(me))
+        self._conns: dict[Path, socket.socket] = {}
+        self._turn = 0
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until every newer worker listens (they boot while this one stops), at most
+        ``timeout`` seconds; whether any successor listens then."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            known = {p.stem for p in self._sockets()} | {p.stem for p in self.folder.glob("*.stopped")}
+            if all(str(pid) in known for pid in self._newer()):
+                break
+            gevent.sleep(0.05)
+        self._forget_the_dead()
+        return bool(self._sockets())
+
+    def _forget_the_dead(self) -> None:
+        """Remove the marks of workers that are gone (every deploy leaves two)."""
+        for mark in self.folder.glob("*.stopped"):
+            if mark.stem.isdigit() and not Path(f"/proc/{mark.stem}").exists():
+                mark.unlink(missing_ok=True)
+
+    def _sockets(self) -> list[Path]:
+        found = [p for p in self.folder.glob("*.sock") if p.stem != str(self.me)]
+        newer = {str(pid) for pid in self._newer()}
+        return sorted(found, key=lambda p: p.stem not in newer)  # the new workers first
+
+    def carry(self, kind: str, items: list[tuple[dict, int]]) -> bool:
+        """Offer one packet of connections (at most PACKET_FDS); True once a successor owns them.
+
+        Successors are tried in turn, starting one further each packet, so the new workers
+        share the load. On False the caller still owns every descriptor.
+        """
+        data = json.dumps({"kind": kind, "states": [state for state, _ in items]}).encode()
+        fds = [fd for _, fd in items]
+        targets = self._sockets()
+        self._turn += 1
+        for i in range(len(targets)):
+            path = targets[(self._turn + i) % len(targets)]
+            try:
+                conn = self._conns.get(path) or self._connect(path)
+                socket.send_fds(conn, [data], fds)
+                if conn.recv(1) == b"1":
+                    return True
+            except OSError as exc:
+                log.info("could not carry connections to %s (%s)", path.name, exc)
+            self._forget(path)
+        return False
+
+    def _connect(self, path: Path) -> socket.socket:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        conn.settimeout(5)
+        try:
+            conn.connect(str(path))
+        except OSError:
+            conn.close()
+            raise
+        self._conns[path] = conn
+        return conn
+
+    def _forget(self, path: Path) -> None:
+        conn = self._conns.pop(path, None)
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        """Close the connections to the successors."""
+        for path in list(self._conns):
+            self._forget(path)
+
+
+def newer_siblings(me: int) -> set[int]:
+    """The live children of this worker's master that it forked after this worker."""
+    master = os.getppid()
+    try:
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    except OSError:
+        return set()
+    mine = _started(me)
+    newer = set()
+    for pid in map(int, children):
+        if pid != me and (_started(pid), pid) > (mine, me):
+            newer.add(pid)
+    return newer
+
+
+def _started(pid: int) -> int:
+    """When ``pid`` started, in clock ticks after boot (``/proc/<pid>/stat`` field 22); 0 if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[19])
