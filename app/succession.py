@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import gevent.socket
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,9 @@ def directory(master_pid: int) -> Path:
 class Inbox:
     """This worker's socket for connections carried to it: ``<dir>/<pid>.sock``."""
 
-    def __init__(self, folder: Path, name: str, accepting: Callable[[], bool], adopted: Callable[[Any], None]):
+    def __init__(
+        self, folder: Path, name: str, accepting: Callable[[], bool], adopted: Callable[[Any], None]
+    ) -> None:
         """``accepting()``: whether to take connections now; ``adopted(owner)``: register an owner."""
         self.path = folder / f"{name}.sock"
         self._accepting = accepting
@@ -73,7 +76,8 @@ class Inbox:
 
     def open(self) -> Inbox:
         """Listen (replacing a stale socket file of a dead process with the same name)."""
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # gevent's sockets, whether or not the process is monkey-patched: the worker never blocks.
+        listener = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.path.unlink()
         except FileNotFoundError:
@@ -133,7 +137,7 @@ class Inbox:
             return
         _answer(conn, b"1")  # from here on the descriptors are ours, whatever the adopter does
         try:
-            self._adopted(adopter(list(zip(states, fds))))
+            self._adopted(adopter(list(zip(states, fds, strict=True))))
         except Exception:
             log.exception("could not adopt %d carried connections; their browsers reconnect", len(fds))
 
@@ -202,7 +206,7 @@ class Successors:
         return False
 
     def _connect(self, path: Path) -> socket.socket:
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        conn = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         conn.settimeout(5)
         try:
             conn.connect(str(path))

@@ -390,7 +390,9 @@ class Streams:
         """
         started = time.monotonic()
         if not successors.wait(self.handoff_seconds):
-            log.warning("no worker came to take %d streams within %g s; closing them", len(self), self.handoff_seconds)
+            log.warning(
+                "no worker came to take %d streams within %g s; closing them", len(self), self.handoff_seconds
+            )
             return
         by_user: dict[int, list[LiveStream]] = {}
         for stream in self._by_write:
@@ -445,12 +447,14 @@ class Streams:
 
         def take(state: dict, fd: int) -> None:
             try:
-                if self.full:
-                    raise RuntimeError("this worker holds all the streams it can")
                 unseen = Unseen.restore(state["unseen"])
                 user_id, login, lease = int(state["user"]), state["login"], state["lease"]
-            except Exception as exc:
-                log.warning("could not adopt a carried stream (%s); its browser reconnects", exc)
+            except (KeyError, ValueError, TypeError, AttributeError) as exc:
+                log.warning("could not adopt a carried stream (%r); its browser reconnects", exc)
+                os.close(fd)
+                return
+            if self.full:
+                log.warning("refused a carried stream: this worker holds %d, its limit", len(self))
                 os.close(fd)
                 return
             sub = self.hub.subscribe(user_id, login)

@@ -127,7 +127,9 @@ def deploy_server(sqlite_env, tmp_path_factory):
     live.stop()
 
 
-def test_without_carrying_every_hup_cuts_each_stream_once_and_none_lands_on_a_stopping_worker(deploy_server, tabs):
+def test_without_carrying_every_hup_cuts_each_stream_once_and_none_lands_on_a_stopping_worker(
+    deploy_server, tabs
+):
     server = deploy_server
     users = [registered(server.url, f"deploy{i}") for i in range(10)]
     sender = registered(server.url, "deploysender")
