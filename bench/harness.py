@@ -117,7 +117,8 @@ class Server:
         if host is not None:
             prefix = ["ip", "netns", "exec", host.netns]
             self.env["BIND"] = f"{host.ip}:{self.port}"
-        self.log = open(tmp / f"{name}.log", "ab")
+        self.log_path = tmp / f"{name}.log"
+        self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [*prefix, BIN / "gunicorn", "-c", "gunicorn.conf.py", app],
             cwd=ROOT,
@@ -406,11 +407,13 @@ class Rig:
         app: str = "wsgi:app",
         workers: int | None = None,
         processes: int | None = None,
+        env: dict | None = None,
         **config,
     ) -> Iterator[tuple[Server, Load]]:
-        """A server (``server``) and load-client processes for it (default: ``load_processes``,
-        configured with ``config``, by default not reconnecting); all stopped afterwards."""
-        server = self.server(name, app, workers)
+        """A server (``server``, with ``env`` over the rig's) and load-client processes for it
+        (default: ``load_processes``, configured with ``config``, by default not reconnecting);
+        all stopped afterwards."""
+        server = self.server(name, app, workers, env)
         load = Load(server.port, processes or self.p["load_processes"])
         try:
             load.same({"cmd": "config", **(config or {"reconnect": False})})
@@ -420,10 +423,12 @@ class Rig:
             load.exit()
             server.stop()
 
-    def server(self, name: str, app: str = "wsgi:app", workers: int | None = None) -> Server:
-        """gunicorn serving ``app`` against this rig's Redis and database."""
+    def server(
+        self, name: str, app: str = "wsgi:app", workers: int | None = None, env: dict | None = None
+    ) -> Server:
+        """gunicorn serving ``app`` against this rig's Redis and database (``env`` over the rig's)."""
         workers = workers or int(os.environ.get("WEB_CONCURRENCY", "2"))
-        return Server(app, self.env, workers, self.tmp, name)
+        return Server(app, {**self.env, **(env or {})}, workers, self.tmp, name)
 
     def set_unread(self, user_ids: list[int], count: int) -> None:
         """Store and publish ``unread_message_count = count`` for each user, as a send would."""

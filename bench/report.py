@@ -183,21 +183,32 @@ def markdown(r: dict) -> str:
             f"- Seed polling, {p['clients']} clients every 10 s: {p['requests_per_s']} requests/s, "
             f"{p['sql_per_s']} SQL statements/s, response p50 {p['response_ms'].get('p50')} ms"
         )
+    if "restart" in sc or "restart_drain" in sc:
+        lines += ["", "## Restart (a deploy)", ""]
     if "restart" in sc:
         rc = sc["restart"]
-        lines += [
-            "",
-            "## Restart (a deploy)",
-            "",
-            f"`kill -HUP` of the gunicorn master under {rc['streams']} streams on {rc['workers']} workers: "
-            f"all back **{rc['all_back_seconds']} s** after the signal, every stream at the count stored "
-            f"while they were away after {rc['converged_seconds']} s; {rc['lost']} lost, "
-            f"{rc['connect_errors']} refused connects retried, {rc['reconnects']} reconnects. The draining "
-            "workers spread their clients with a `retry:` drawn from "
-            f"0.5–{rc['drain_window_ms'] / 1000:g} s, "
-            f"and the clients honour it as EventSource does. The new workers spent "
-            f"{rc['new_workers_cpu_ms_per_reconnect']} ms of CPU per reconnect (boot excluded).",
-        ]
+        lines.append(
+            f"- **Carried** (the default): `kill -HUP` of the gunicorn master under {rc['streams']} "
+            f"streams on {rc['workers']} workers. The old workers carried {rc['carried']} streams to "
+            f"the new ones (done {rc['carry_seconds']} s after the signal, most of it the new workers' "
+            f"boot; the old workers were gone after {rc['old_workers_gone_seconds']} s); "
+            f"{rc['reconnects']} streams closed and reconnected. Meanwhile {rc['counts_stored']} counts "
+            "were stored for every user, one round after another, the last once the old workers were "
+            f"gone: every stream was at it **{rc['converged_seconds']} s** after the signal; "
+            f"{rc['lost']} lost. The new workers spent {rc['new_workers_cpu_ms_per_stream']} ms of CPU "
+            "per carried stream (boot excluded)."
+        )
+    if "restart_drain" in sc:
+        rc = sc["restart_drain"]
+        lines.append(
+            f"- **Drained** (`SSE_HANDOFF_SECONDS=0`): the same deploy with every stream closed after a "
+            f"`retry:` drawn from 0.5–{rc['drain_window_ms'] / 1000:g} s, honoured as EventSource does: "
+            f"all back **{rc['all_back_seconds']} s** after the signal, every stream at the last of "
+            f"{rc['counts_stored']} counts after {rc['converged_seconds']} s; {rc['lost']} lost, "
+            f"{rc['connect_errors']} refused connects retried, {rc['reconnects']} reconnects; the new "
+            "workers spent "
+            f"{rc['new_workers_cpu_ms_per_stream']} ms of CPU per reconnect (boot excluded)."
+        )
     if "scaleout" in sc:
         lines += _scaleout(sc["scaleout"])
     lines += [

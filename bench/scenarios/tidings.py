@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
@@ -134,17 +135,33 @@ def rate(rig: Rig) -> dict:
 def restart(rig: Rig) -> dict:
     """(g) a deploy: ``kill -HUP`` of the master under ``restart_streams`` streams on 2 workers.
 
-    The clients honour every ``retry:`` as an EventSource does, so the draining workers'
-    jittered ``retry:`` spreads them out. A count stored and published for every user while
-    the streams are away must reach every stream (replayed from its Last-Event-ID): none lost.
+    The old workers carry their streams to the new ones (app/succession.py): no stream should
+    close. Counts are stored and published for every user, round after round, until the old
+    workers are gone, then once more: every stream must end at the last (none lost).
     """
+    return _deploy(rig, carry=True)
+
+
+@scenario("restart_drain")
+def restart_drain(rig: Rig) -> dict:
+    """(g) the same deploy with carrying off (``SSE_HANDOFF_SECONDS=0``): every stream is closed
+    with a jittered ``retry:`` and reconnects, as an EventSource does, replaying from its
+    Last-Event-ID."""
+    return _deploy(rig, carry=False)
+
+
+CARRIED_LINE = re.compile(r"carried (\d+) streams to the workers succeeding this one in ([\d.]+) s")
+
+
+def _deploy(rig: Rig, carry: bool) -> dict:
     p = rig.p
     n = p["restart_streams"]
     users = n // 10
     per_load = 16000  # each load process stays under the descriptor limit
-    with rig.serving(
-        "tidings-restart", workers=2, processes=max(p["load_processes"], -(-n // per_load)), honour_retry=True
-    ) as (server, load):
+    env = None if carry else {"SSE_HANDOFF_SECONDS": "0"}
+    name = "tidings-restart" if carry else "tidings-restart-drain"
+    processes = max(p["load_processes"], -(-n // per_load))
+    with rig.serving(name, workers=2, processes=processes, env=env, honour_retry=True) as (server, load):
         ids = [u["id"] for u in rig.users[:users]]
         # What a worker's boot costs, to take out of the new workers' CPU below.
         boot_cpu = CpuMeter._cpu(server.worker_pids()) / 2
@@ -152,38 +169,56 @@ def restart(rig: Rig) -> dict:
         rig.set_unread(ids, 1)
         wait_until(lambda: load.converged(dict.fromkeys(ids, 1)) >= r["opened"], 60)
         before = load.stats()
+        log_before = server.log_path.stat().st_size
+        old_workers = set(server.worker_pids())
         hup = time.time()
         server.proc.send_signal(signal.SIGHUP)
-        # While they are away (the old workers drain at once; the new ones are booting).
-        time.sleep(0.5)
-        rig.set_unread(ids, 2)
+        # Counts stored and published for every user, one round after another, while the old
+        # workers carry (or drain) and the new ones boot; then one more through the new ones.
+        count, switched = 1, None
+        while switched is None and time.time() - hup < 60:
+            count += 1
+            rig.set_unread(ids, count)
+            if not set(server.worker_pids()) & old_workers:
+                switched = time.time()
+        count += 1
+        rig.set_unread(ids, count)
         back = wait_until(
             lambda: (
-                (s := load.stats())["opened"] - before["opened"] >= before["open"]
-                and s["open"] >= before["open"]
+                (s := load.stats())["open"] >= before["open"]
+                and (carry or s["opened"] - before["opened"] >= before["open"])
             ),
             120,
         )
+        converged = wait_until(lambda: load.converged(dict.fromkeys(ids, count)) >= before["open"], 60)
         s = load.stats()
-        converged = wait_until(lambda: load.converged(dict.fromkeys(ids, 2)) >= before["open"], 60)
-        got = load.converged(dict.fromkeys(ids, 2))
+        got = load.converged(dict.fromkeys(ids, count))
         reconnects = s["opened"] - before["opened"]
-        # The new workers' CPU since they booted: every reconnect, replay and the count.
+        # The new workers' CPU since they booted: every reconnect or adoption, replay and the count.
         app_cpu = CpuMeter._cpu(server.worker_pids()) - 2 * boot_cpu
+        with open(server.log_path, "rb") as f:
+            f.seek(log_before)
+            carried = [(int(k), float(t)) for k, t in CARRIED_LINE.findall(f.read().decode(errors="replace"))]
+        moved = sum(k for k, _ in carried) if carry else reconnects
         out = {
             "streams": before["open"],
             "workers": 2,
+            "carried": sum(k for k, _ in carried),
+            "carry_seconds": max((t for _, t in carried), default=None),
             "drain_window_ms": int(rig.env.get("SSE_DRAIN_RETRY_MS", 5000)),
             "reconnects": reconnects,
             "reconnected": s["open"],
-            "all_back_seconds": round(s["last_connect"] - hup, 2) if back else None,
+            # Drained: when the last stream reconnected. Carried: none closed, so none came back.
+            "all_back_seconds": round(s["last_connect"] - hup, 2) if back and not carry else None,
+            "old_workers_gone_seconds": round(switched - hup, 2) if switched else None,
+            "counts_stored": count - 1,
             "converged_seconds": round(converged - hup, 2) if converged else None,
             "lost": before["open"] - got,
             "connect_errors": s["errors"] - before["errors"],
             "last_connect_error": s["last_error"],
-            "new_workers_cpu_ms_per_reconnect": round(app_cpu / max(1, reconnects) * 1000, 3),
+            "new_workers_cpu_ms_per_stream": round(app_cpu / max(1, moved) * 1000, 3),
         }
-        print("tidings restart", out, flush=True)
+        print("tidings restart", "carried" if carry else "drained", out, flush=True)
     return out
 
 
