@@ -192,19 +192,20 @@ def markdown(r: dict) -> str:
             f"streams on {rc['workers']} workers. The old workers carried {rc['carried']} streams to "
             f"the new ones (done {rc['carry_seconds']} s after the signal, most of it the new workers' "
             f"boot; the old workers were gone after {rc['old_workers_gone_seconds']} s); "
-            f"{rc['reconnects']} streams closed and reconnected. Meanwhile {rc['counts_stored']} counts "
-            "were stored for every user, one round after another, the last once the old workers were "
-            f"gone: every stream was at it **{rc['converged_seconds']} s** after the signal; "
-            f"{rc['lost']} lost. The new workers spent {rc['new_workers_cpu_ms_per_stream']} ms of CPU "
-            "per carried stream (boot excluded)."
+            f"**{rc['reconnects']} streams closed** and reconnected. Counts were stored for a tenth of "
+            f"the users at a time until then ({rc['rounds_stored'] - 1} rounds), then for every user "
+            f"(done {rc['last_stored_seconds']} s after the signal): every stream was at the last "
+            f"{rc['converged_seconds']} s after the signal, **{rc['lost']} lost**. The new workers spent "
+            f"{rc['new_workers_cpu_ms_per_stream']} ms of CPU per carried stream (boot excluded)."
         )
     if "restart_drain" in sc:
         rc = sc["restart_drain"]
         lines.append(
             f"- **Drained** (`SSE_HANDOFF_SECONDS=0`): the same deploy with every stream closed after a "
             f"`retry:` drawn from 0.5–{rc['drain_window_ms'] / 1000:g} s, honoured as EventSource does: "
-            f"all back **{rc['all_back_seconds']} s** after the signal, every stream at the last of "
-            f"{rc['counts_stored']} counts after {rc['converged_seconds']} s; {rc['lost']} lost, "
+            f"all back **{rc['all_back_seconds']} s** after the signal; with counts stored as above "
+            f"(the last done after {rc['last_stored_seconds']} s), every stream at the last after "
+            f"{rc['converged_seconds']} s; {rc['lost']} lost, "
             f"{rc['connect_errors']} refused connects retried, {rc['reconnects']} reconnects; the new "
             "workers spent "
             f"{rc['new_workers_cpu_ms_per_stream']} ms of CPU per reconnect (boot excluded)."

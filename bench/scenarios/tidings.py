@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import threading
 import time
 
 import httpx
@@ -136,8 +137,8 @@ def restart(rig: Rig) -> dict:
     """(g) a deploy: ``kill -HUP`` of the master under ``restart_streams`` streams on 2 workers.
 
     The old workers carry their streams to the new ones (app/succession.py): no stream should
-    close. Counts are stored and published for every user, round after round, until the old
-    workers are gone, then once more: every stream must end at the last (none lost).
+    close. Counts are stored and published while the workers change, then once more for every
+    user: every stream must end at the last (none lost).
     """
     return _deploy(rig, carry=True)
 
@@ -171,18 +172,29 @@ def _deploy(rig: Rig, carry: bool) -> dict:
         before = load.stats()
         log_before = server.log_path.stat().st_size
         old_workers = set(server.worker_pids())
+        gone: list[float] = []
+
+        def watch() -> None:
+            while set(server.worker_pids()) & old_workers and time.time() - hup < 60:
+                time.sleep(0.05)
+            gone.append(time.time())
+
         hup = time.time()
         server.proc.send_signal(signal.SIGHUP)
-        # Counts stored and published for every user, one round after another, while the old
-        # workers carry (or drain) and the new ones boot; then one more through the new ones.
-        count, switched = 1, None
-        while switched is None and time.time() - hup < 60:
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        # Counts stored and published, a tenth of the users at a time, while the old workers
+        # carry (or drain) their streams and the new ones boot; then once more for every user
+        # through the new workers. Every stream must end at the last: none lost.
+        count, step = 1, max(1, len(ids) // 10)
+        while not gone:
             count += 1
-            rig.set_unread(ids, count)
-            if not set(server.worker_pids()) & old_workers:
-                switched = time.time()
+            start = (count * step) % len(ids)
+            rig.set_unread(ids[start : start + step], count)
+        watcher.join()
         count += 1
         rig.set_unread(ids, count)
+        stored = time.time()
         back = wait_until(
             lambda: (
                 (s := load.stats())["open"] >= before["open"]
@@ -210,8 +222,9 @@ def _deploy(rig: Rig, carry: bool) -> dict:
             "reconnected": s["open"],
             # Drained: when the last stream reconnected. Carried: none closed, so none came back.
             "all_back_seconds": round(s["last_connect"] - hup, 2) if back and not carry else None,
-            "old_workers_gone_seconds": round(switched - hup, 2) if switched else None,
-            "counts_stored": count - 1,
+            "old_workers_gone_seconds": round(gone[0] - hup, 2),
+            "rounds_stored": count - 1,
+            "last_stored_seconds": round(stored - hup, 2),
             "converged_seconds": round(converged - hup, 2) if converged else None,
             "lost": before["open"] - got,
             "connect_errors": s["errors"] - before["errors"],
