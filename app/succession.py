@@ -28,6 +28,8 @@ import json
 import logging
 import os
 import socket
+import stat
+import struct
 import tempfile
 import time
 from collections.abc import Callable
@@ -55,9 +57,16 @@ def receive(kind: str, adopter: Adopter) -> None:
 
 
 def directory(master_pid: int) -> Path:
-    """The folder where one gunicorn master's workers listen for carried connections."""
+    """The folder where one gunicorn master's workers listen for carried connections.
+
+    OSError unless it is this user's own and closed to everyone else (another local user must
+    not be able to place or reach the sockets).
+    """
     path = Path(tempfile.gettempdir()) / f"tidings-succession-{master_pid}"
     path.mkdir(mode=0o700, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise OSError(f"{path} is not a private folder of this user")
     return path
 
 
@@ -113,6 +122,11 @@ class Inbox:
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
+            if not _sibling(conn):
+                log.warning(
+                    "refused a connection to %s from a process that is not a sibling worker", self.path
+                )
+                return
             while True:
                 try:
                     data, fds, _, _ = socket.recv_fds(conn, _MAX_PACKET, PACKET_FDS)
@@ -140,6 +154,15 @@ class Inbox:
             self._adopted(adopter(list(zip(states, fds, strict=True))))
         except Exception:
             log.exception("could not adopt %d carried connections; their browsers reconnect", len(fds))
+
+
+def _sibling(conn: socket.socket) -> bool:
+    """Whether the peer is a worker of this one's master, run by the same user (SO_PEERCRED)."""
+    try:
+        pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    except OSError:
+        return False
+    return uid == os.getuid() and _parent(pid) == os.getppid()
 
 
 def _answer(conn: socket.socket, byte: bytes) -> None:
@@ -244,8 +267,17 @@ def newer_siblings(me: int) -> set[int]:
 
 def _started(pid: int) -> int:
     """When ``pid`` started, in clock ticks after boot (``/proc/<pid>/stat`` field 22); 0 if gone."""
+    return _stat_field(pid, 22)
+
+
+def _parent(pid: int) -> int:
+    """``pid``'s parent (``/proc/<pid>/stat`` field 4); 0 if gone."""
+    return _stat_field(pid, 4)
+
+
+def _stat_field(pid: int, field: int) -> int:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    return int(fields[field - 3])

@@ -87,7 +87,7 @@ class Unseen:
 
     def state(self) -> dict:
         """What it remembers, as JSON (for a worker the stream is carried to)."""
-        return {"floor": self.floor, "sent": self.sent}
+        return {"floor": self.floor, "sent": dict(self.sent)}
 
     @classmethod
     def restore(cls, state: dict) -> Unseen:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 
 import gevent
 import gevent.socket
+import gevent.subprocess
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,7 +22,7 @@ from app import succession
 from app.notifications.hub import Subscription
 from app.notifications.live import CARRIED, Streams, Unseen
 from app.succession import Inbox, Successors
-from tests.unit.test_live import Peer, Store, ev, open_stream
+from tests.unit.test_live import Store, ev, open_stream
 
 
 class Hub:
@@ -98,7 +100,7 @@ def carry(old: Worker, tmp_path, newer: set[int]) -> None:
 def test_carried_streams_stay_open_and_get_what_they_missed_once_then_live_events(workers, store, tmp_path):
     old = workers("1")
     tabs = [old.open(7) for _ in range(2)] + [old.open(8)]
-    for stream, peer in tabs:
+    for _, peer in tabs:
         assert peer.frames(1) == [b"retry: 3000\n\n"]
     old.hub.offer(7, ev(5))
     for _, peer in tabs[:2]:
@@ -211,6 +213,37 @@ def test_a_malformed_packet_is_refused_or_dropped_and_the_inbox_goes_on(tmp_path
         b.close()
     finally:
         inbox.close()
+
+
+def test_a_process_that_is_not_a_sibling_worker_is_refused(tmp_path):
+    taken: list = []
+    succession.receive("test.kind", taken.append)
+    inbox = Inbox(tmp_path, "9", lambda: True, lambda owner: None).open()
+    stranger = f"""
+import json, socket
+a, b = socket.socketpair()
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.settimeout(5)
+s.connect({str(inbox.path)!r})
+try:
+    socket.send_fds(s, [json.dumps({{"kind": "test.kind", "states": [{{}}]}}).encode()], [a.fileno()])
+    print(repr(s.recv(1)))
+except OSError as exc:
+    print("refused", exc)
+"""
+    try:
+        out = gevent.subprocess.run(
+            [sys.executable, "-c", stranger], capture_output=True, text=True, timeout=20
+        )
+        gevent.sleep(0.1)
+    finally:
+        inbox.close()
+    assert out.stdout.strip() in (
+        "b''",
+        "refused [Errno 32] Broken pipe",
+        "refused [Errno 104] Connection reset by peer",
+    ), out
+    assert taken == []
 
 
 def test_unseen_survives_the_journey():
