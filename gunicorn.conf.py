@@ -21,7 +21,8 @@ worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "1000"))
 preload_app = False
 # The arbiter's liveness timeout: gevent workers report every second, streams or not.
 timeout = 30
-# On SIGTERM/HUP a worker stops accepting, closes its streams at once, and has this long for the rest.
+# On SIGTERM/HUP a worker stops accepting, carries its streams to the new workers (or closes them),
+# and has this long for the requests still running.
 graceful_timeout = 10
 keepalive = 5
 backlog = 4096
@@ -48,6 +49,15 @@ def on_starting(server):
                 os.unlink(os.path.join(folder, name))
     else:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tidings-metrics-")
+
+
+def on_exit(server):
+    """Remove the folder where this master's workers passed streams to each other (app/succession.py)."""
+    import shutil
+
+    from app.succession import folder_of
+
+    shutil.rmtree(folder_of(server.pid), ignore_errors=True)
 
 
 def child_exit(server, worker):

@@ -223,15 +223,17 @@ class StreamWorker(GeventWorker):
 
         for server in servers:
             server.close()  # first: no new connection can land on this worker
+        successors = None
         if inbox is not None:
             inbox.close()  # and no sibling carries its connections here
-        successors = Successors(directory(self.ppid), self.pid)
+            successors = Successors(inbox.path.parent, self.pid)
         for owner in list(self.owners):
             try:
                 owner.drain(successors)
             except Exception:
                 log.exception("could not drain %r", owner)
-        successors.close()
+        if successors is not None:
+            successors.close()
         self._finish_requests(servers)
 
     def _finish_requests(self, servers: list[StreamServer]) -> None:

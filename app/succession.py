@@ -56,13 +56,18 @@ def receive(kind: str, adopter: Adopter) -> None:
     _adopters[kind] = adopter
 
 
+def folder_of(master_pid: int) -> Path:
+    """Where one gunicorn master's workers listen (see :func:`directory`)."""
+    return Path(tempfile.gettempdir()) / f"tidings-succession-{master_pid}"
+
+
 def directory(master_pid: int) -> Path:
     """The folder where one gunicorn master's workers listen for carried connections.
 
     OSError unless it is this user's own and closed to everyone else (another local user must
     not be able to place or reach the sockets).
     """
-    path = Path(tempfile.gettempdir()) / f"tidings-succession-{master_pid}"
+    path = folder_of(master_pid)
     path.mkdir(mode=0o700, exist_ok=True)
     info = path.lstat()
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:

@@ -457,8 +457,17 @@ class Streams:
                 log.warning("refused a carried stream: this worker holds %d, its limit", len(self))
                 os.close(fd)
                 return
-            sub = self.hub.subscribe(user_id, login)
-            stream = self.adopt(sub, fd, unseen, b"", lease)
+            try:
+                sub = self.hub.subscribe(user_id, login)
+            except Exception:
+                log.exception("could not subscribe a carried stream; its browser reconnects")
+                os.close(fd)
+                return
+            try:
+                stream = self.adopt(sub, fd, unseen, b"", lease)  # closes fd itself if it fails
+            except Exception:
+                log.exception("could not adopt a carried stream; its browser reconnects")
+                return
             if not stream.closed:
                 adopted.append(stream)
 
