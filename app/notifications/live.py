@@ -176,23 +176,23 @@ class LiveStream:
 
     def close(self) -> None:
         """Close the socket and let the registry release the subscription; idempotent."""
+        self._end()
+
+    def _end(self) -> None:
         if self.closed:
             return
         self.closed = True
         self.sub.closed = True
-        self._stop_watchers()
-        try:
-            self._sock.close()
-        except OSError:
-            pass
-        self._streams.release(self)
-
-    def _stop_watchers(self) -> None:
         for watcher in (self._reader, self._writer):
             if watcher is not None:
                 watcher.stop()
                 watcher.close()
         self._reader = self._writer = self._queue = None
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        self._streams.release(self)
 
     # -- carrying it to another worker -------------------------------------------------
 
@@ -210,15 +210,12 @@ class LiveStream:
         return self._sock.fileno()
 
     def detach(self) -> None:
-        """Give the connection up without closing it: a successor owns it (and the lease) now."""
-        if self.closed:
-            return
-        self.closed = True
-        self.sub.closed = True
-        self._stop_watchers()
-        self._sock.close()  # our descriptor only: the successor's keeps the connection open
-        self.lease = None
-        self._streams.release(self)
+        """Give the connection up without closing it: a successor owns it (and the lease) now.
+
+        Closing this process's descriptor sends nothing: the successor's keeps it open."""
+        if not self.closed:
+            self.lease = None
+        self._end()
 
     # -- the event loop's callbacks --------------------------------------------------
 

@@ -49,6 +49,15 @@ def workers(server: LiveServer) -> set[int]:
     return {c.pid for c in psutil.Process(server.proc.pid).children() if c.status() != psutil.STATUS_ZOMBIE}
 
 
+def two_tabs_each(server: LiveServer, prefix: str, tabs) -> tuple[list[WebUser], WebUser, list[Tab]]:
+    """Ten users with two open tabs each, and a sender."""
+    users = [registered(server.url, f"{prefix}{i}") for i in range(10)]
+    sender = registered(server.url, f"{prefix}sender")
+    steady = [tabs(u) for u in users for _ in range(2)]
+    wait_until(lambda: all(t.open for t in steady), 20, "every tab connected")
+    return users, sender, steady
+
+
 @pytest.fixture(scope="module")
 def carrying_server(sqlite_env, tmp_path_factory):
     """Two workers that carry their streams to their successors (the default)."""
@@ -61,10 +70,7 @@ def test_every_hup_carries_each_stream_to_the_new_workers_with_nothing_lost_or_r
     carrying_server, tabs
 ):
     server = carrying_server
-    users = [registered(server.url, f"carried{i}") for i in range(10)]
-    sender = registered(server.url, "carriedsender")
-    steady = [tabs(u) for u in users for _ in range(2)]
-    wait_until(lambda: all(t.open for t in steady), 20, "every tab connected")
+    users, sender, steady = two_tabs_each(server, "carried", tabs)
 
     sent = dict.fromkeys((u.username for u in users), 0)
     stop = threading.Event()
@@ -131,10 +137,7 @@ def test_without_carrying_every_hup_cuts_each_stream_once_and_none_lands_on_a_st
     deploy_server, tabs
 ):
     server = deploy_server
-    users = [registered(server.url, f"deploy{i}") for i in range(10)]
-    sender = registered(server.url, "deploysender")
-    steady = [tabs(u) for u in users for _ in range(2)]
-    wait_until(lambda: all(t.open for t in steady), 20, "every tab connected")
+    users, sender, steady = two_tabs_each(server, "deploy", tabs)
 
     for repeat in range(10):
         old = {t: t.connections[-1] for t in steady}
