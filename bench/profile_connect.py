@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import shutil
 import signal
 import subprocess
 import time
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=4000)
     parser.add_argument("--path", default="/stream")
     parser.add_argument("--no-spy", action="store_true")
+    parser.add_argument("--keep", default=None, help="also keep the sampled stacks (py-spy raw) here")
     args = parser.parse_args()
     rig = Rig(quick=True)
     server = rig.server("profile", workers=1)
@@ -82,6 +84,8 @@ def main() -> None:
             spy.send_signal(signal.SIGINT)
             spy.wait(30)
             report(raw)
+            if args.keep:
+                shutil.copy(raw, args.keep)
     finally:
         load.close()
         load.exit()

@@ -387,9 +387,7 @@ class Streams:
         """
         started = time.monotonic()
         if not successors.wait(self.handoff_seconds):
-            log.warning(
-                "no worker came to take %d streams within %g s; closing them", len(self), self.handoff_seconds
-            )
+            log.warning("no worker to take %d streams over; closing them", len(self))
             return
         by_user: dict[int, list[LiveStream]] = {}
         for stream in self._by_write:

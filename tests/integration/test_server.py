@@ -97,6 +97,28 @@ def test_streams_do_not_count_toward_max_requests_and_are_drained_when_it_fires(
         live.stop()
 
 
+def test_with_two_workers_a_max_requests_restart_carries_the_streams_to_the_sibling(sqlite_env, tmp_path):
+    env = {**sqlite_env, "WEB_CONCURRENCY": "2"}
+    live = LiveServer(env, tmp_path / "gunicorn.log", "--max-requests", "30", "--max-requests-jitter", "0")
+    live.start()
+    try:
+        alice, bob = users(live.url, "sibling_a", "sibling_b")
+        first = set(live.workers())
+        streams = [opened(bob) for _ in range(8)]  # on both workers, as connections are accepted
+        while "Autorestarting worker" not in live.log():
+            assert alice.http.get("/").status_code == 200
+        wait_until(lambda: set(live.workers()) - first, 20, "a new worker in place of the restarted one")
+        assert alice.send(bob.username, "after the restart").status_code == 302
+        for s in streams:  # the same connections: nothing closed, nothing replayed twice
+            assert s.next_event("unread_message_count").json["data"] == 1
+            assert s.next_event("new_message").json["data"]["preview"] == "after the restart"
+        assert "carried " in live.log()
+        for s in streams:
+            s.close()
+    finally:
+        live.stop()
+
+
 def test_a_failure_right_after_the_hand_over_releases_the_socket_and_subscription(
     sqlite_env, tmp_path, redis_url, expect_log
 ):
