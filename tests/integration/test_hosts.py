@@ -7,6 +7,7 @@ reaches the cluster, the queue's Redis and PostgreSQL over a real network path, 
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
@@ -130,6 +131,68 @@ class ProxiedTab:
         self.client.close()
 
 
+def truth_of(site, username: str) -> int:
+    """The messages the database holds for ``username``."""
+    engine = sa.create_engine(site["env"]["DATABASE_URL"])
+    with engine.connect() as conn:
+        truth = conn.execute(
+            sa.text(
+                'SELECT count(*) FROM message m JOIN "user" u ON u.id = m.recipient_id WHERE u.username = :u'
+            ),
+            {"u": username},
+        ).scalar()
+    engine.dispose()
+    return truth
+
+
+def sending(sender: WebUser, recipient: WebUser) -> tuple[threading.Event, list[int], threading.Thread]:
+    """A message to ``recipient`` every 100 ms until the event is set; the list counts those sent."""
+    stop, ok = threading.Event(), [0]
+
+    def traffic() -> None:
+        n = 0
+        while not stop.is_set():
+            try:
+                if sender.send(recipient.username, f"m{n}").status_code == 302:
+                    ok[0] += 1
+            except httpx.HTTPError:
+                pass
+            n += 1
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=traffic, daemon=True)
+    thread.start()
+    return stop, ok, thread
+
+
+def test_a_deploy_of_each_host_in_turn_keeps_every_tab_on_its_one_connection(site):
+    nginx = site["nginx"]
+    dave, sender = browser(nginx, "hostdave"), browser(nginx, "hostdeploysender")
+    tabs = [ProxiedTab(nginx, dave) for _ in range(4)]  # round robin: some on each host
+    try:
+        wait_until(lambda: all(t.connections for t in tabs), 20, "every tab connected")
+        stop, ok, thread = sending(sender, dave)
+        wait_until(lambda: ok[0] >= 5, 20, "traffic flowing")
+        for web in site["webs"]:
+            old = {w.pid for w in web.workers()}
+            web.proc.send_signal(signal.SIGHUP)
+            wait_until(lambda web=web, old=old: not old & {w.pid for w in web.workers()}, 30, "a new worker")
+        before = ok[0]
+        wait_until(lambda: ok[0] >= before + 5, 30, "sends after both deploys")
+        stop.set()
+        thread.join(10)
+        truth = truth_of(site, dave.username)
+        wait_until(lambda: all(t.count == truth for t in tabs), 30, "every tab at the truth")
+        for tab in tabs:
+            assert len(tab.connections) == 1, "a deploy cut a tab"
+            assert len(tab.connections[0]) == len(set(tab.connections[0])), "nothing twice"
+        for web in site["webs"]:
+            assert "carried " in web.log()
+    finally:
+        for tab in tabs:
+            tab.close()
+
+
 def test_a_killed_host_its_browsers_come_back_through_nginx_on_the_other(site, expect_log):
     expect_log(r"connect\(\) failed|upstream prematurely closed|no live upstreams|while reading upstream")
     web1, web2 = site["webs"]
@@ -138,21 +201,7 @@ def test_a_killed_host_its_browsers_come_back_through_nginx_on_the_other(site, e
     tabs = [ProxiedTab(nginx, carol) for _ in range(4)]  # round robin: some on each host
     try:
         wait_until(lambda: all(t.connections for t in tabs), 20, "every tab connected")
-        stop, ok = threading.Event(), [0]
-
-        def traffic() -> None:
-            n = 0
-            while not stop.is_set():
-                try:
-                    if sender.send(carol.username, f"m{n}").status_code == 302:
-                        ok[0] += 1
-                except httpx.HTTPError:
-                    pass
-                n += 1
-                time.sleep(0.1)
-
-        thread = threading.Thread(target=traffic, daemon=True)
-        thread.start()
+        stop, ok, thread = sending(sender, carol)
         wait_until(lambda: ok[0] >= 5, 20, "traffic flowing")
         for proc in [*web1.children(), web1.proc]:
             proc.kill()  # the host is gone: its master and workers at once
@@ -160,16 +209,7 @@ def test_a_killed_host_its_browsers_come_back_through_nginx_on_the_other(site, e
         wait_until(lambda: ok[0] >= before + 10, 30, "sends through the other host")
         stop.set()
         thread.join(10)
-        engine = sa.create_engine(site["env"]["DATABASE_URL"])
-        with engine.connect() as conn:
-            truth = conn.execute(
-                sa.text(
-                    'SELECT count(*) FROM message m JOIN "user" u ON u.id = m.recipient_id '
-                    "WHERE u.username = :u"
-                ),
-                {"u": carol.username},
-            ).scalar()
-        engine.dispose()
+        truth = truth_of(site, carol.username)
         wait_until(lambda: all(t.count == truth for t in tabs), 30, "every tab at the truth")
         assert any(len(t.connections) > 1 for t in tabs), "some tabs were on the killed host"
         for tab in tabs:
