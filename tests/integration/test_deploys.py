@@ -7,10 +7,12 @@ The tabs here behave as EventSource does: they honour the server's ``retry:``, r
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import psutil
 import pytest
@@ -58,6 +60,41 @@ def two_tabs_each(server: LiveServer, prefix: str, tabs) -> tuple[list[WebUser],
     return users, sender, steady
 
 
+@contextlib.contextmanager
+def sending(sender: WebUser, users: list[WebUser]) -> Iterator[dict[str, int]]:
+    """A message every 30 ms, to each user in turn, while the block runs; yields the counts sent."""
+    sent = dict.fromkeys((u.username for u in users), 0)
+    stop = threading.Event()
+
+    def traffic() -> None:
+        n = 0
+        while not stop.is_set():
+            user = users[n % len(users)]
+            assert sender.send(user.username, f"m{n}").status_code == 302
+            sent[user.username] += 1
+            n += 1
+            time.sleep(0.03)
+
+    thread = threading.Thread(target=traffic, daemon=True)
+    thread.start()
+    try:
+        yield sent
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def at_the_truth_and_nothing_twice(steady: list[Tab], sent: dict[str, int]) -> None:
+    """Every tab shows its user's messages, and no connection got an id twice or a stale one."""
+    for tab in steady:
+        wait_until(lambda tab=tab: tab.count == sent[tab.user.username], 20, "badges at the truth")
+        for conn in tab.connections:
+            seen: dict[str, int] = {}
+            for key, event_id in conn.keys:
+                assert event_id > seen.get(key, 0), f"{key} {event_id} sent twice or out of order"
+                seen[key] = event_id
+
+
 @pytest.fixture(scope="module")
 def carrying_server(sqlite_env, tmp_path_factory):
     """Two workers that carry their streams to their successors (the default)."""
@@ -72,22 +109,7 @@ def test_every_hup_carries_each_stream_to_the_new_workers_with_nothing_lost_or_r
     server = carrying_server
     users, sender, steady = two_tabs_each(server, "carried", tabs)
 
-    sent = dict.fromkeys((u.username for u in users), 0)
-    stop = threading.Event()
-
-    def traffic() -> None:
-        """A message every 30 ms, to each user in turn, through every deploy."""
-        n = 0
-        while not stop.is_set():
-            user = users[n % len(users)]
-            assert sender.send(user.username, f"m{n}").status_code == 302
-            sent[user.username] += 1
-            n += 1
-            time.sleep(0.03)
-
-    sending = threading.Thread(target=traffic, daemon=True)
-    sending.start()
-    try:
+    with sending(sender, users) as sent:
         for repeat in range(5):
             old = workers(server)
             server.proc.send_signal(signal.SIGHUP)
@@ -101,27 +123,37 @@ def test_every_hup_carries_each_stream_to_the_new_workers_with_nothing_lost_or_r
             for tab in fresh:
                 assert all(status == 503 for status, _ in tab.refusals), f"HUP {repeat}: {tab.refusals}"
                 tab.close()
-    finally:
-        stop.set()
-        sending.join(10)
 
-    for user in users:
-        mine = [t for t in steady if t.user is user]
-        wait_until(
-            lambda ts=mine, n=sent[user.username]: all(t.count == n for t in ts), 20, "badges at the truth"
-        )
+    at_the_truth_and_nothing_twice(steady, sent)
     for tab in steady:
         # Never cut: the one connection it opened lived through five deploys.
         assert len(tab.connections) == 1 and tab.open, f"{tab.user.username}: cut by a deploy"
-        seen: dict[str, int] = {}
-        for key, event_id in tab.connections[0].keys:
-            assert event_id > seen.get(key, 0), f"{key} {event_id} sent twice or out of order"
-            seen[key] = event_id
     log = server.log()
     carried = [int(n) for n, refused in CARRIED.findall(log) if refused == "0"]
     assert sum(carried) >= 5 * len(steady), "the old workers carried every steady tab, five times"
     assert len(carried) == len(CARRIED.findall(log)), "no successor refused a stream"
     assert NO_CONFIRMATION not in log
+
+
+def test_deploys_half_a_second_apart_lose_nothing_and_repeat_nothing(carrying_server, tabs):
+    server = carrying_server
+    users, sender, steady = two_tabs_each(server, "twice", tabs)
+    with sending(sender, users) as sent:
+        for _ in range(3):
+            before = workers(server)
+            server.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.5)  # the new workers are booting, the old ones waiting for them
+            server.proc.send_signal(signal.SIGHUP)
+            wait_until(
+                lambda before=before: len(workers(server)) == 2 and not workers(server) & before,
+                30,
+                "two workers of the last deploy alone",
+            )
+            time.sleep(1)
+    at_the_truth_and_nothing_twice(steady, sent)
+    cuts = sum(len(t.connections) - 1 for t in steady)
+    assert cuts <= 3 * len(steady), f"{cuts} cuts in three double deploys"
+    assert NO_CONFIRMATION not in server.log()
 
 
 @pytest.fixture(scope="module")
