@@ -45,8 +45,9 @@ log = logging.getLogger(__name__)
 PACKET_FDS = 200
 _MAX_PACKET = 1 << 20
 
-# What receives carried connections, by kind: ``adopt(items)`` owns each ``(state, fd)`` from
-# the call on, and returns what drains them when this worker stops in its turn (an Owner).
+# What receives carried connections, by kind: ``adopt(items)`` owns each ``(state, fd)`` once
+# it returns (if it raises, the inbox closes them), and returns what drains them when this
+# worker stops in its turn (an Owner).
 Adopter = Callable[[list[tuple[dict, int]]], Any]
 _adopters: dict[str, Adopter] = {}
 
@@ -156,9 +157,13 @@ class Inbox:
             return
         _answer(conn, b"1")  # from here on the descriptors are ours, whatever the adopter does
         try:
-            self._adopted(adopter(list(zip(states, fds, strict=True))))
+            owner = adopter(list(zip(states, fds, strict=True)))
         except Exception:
             log.exception("could not adopt %d carried connections; their browsers reconnect", len(fds))
+            for fd in fds:
+                os.close(fd)
+            return
+        self._adopted(owner)
 
 
 def _sibling(conn: socket.socket) -> bool:

@@ -246,6 +246,29 @@ except OSError as exc:
     assert taken == []
 
 
+def test_an_adopter_that_fails_closes_what_it_was_given(tmp_path):
+    def broken(items):
+        raise RuntimeError("nothing here takes streams")
+
+    succession.receive("test.broken", broken)
+    inbox = Inbox(tmp_path, "9", lambda: True, lambda owner: None).open()
+    try:
+        browser, ours = socket.socketpair()
+        sender = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sender.connect(str(inbox.path))
+        socket.send_fds(
+            sender, [json.dumps({"kind": "test.broken", "states": [{}]}).encode()], [ours.fileno()]
+        )
+        assert sender.recv(1) == b"1"
+        ours.close()  # the sender's copy goes, as after any carry
+        peer = gevent.socket.socket(fileno=browser.detach())
+        with gevent.Timeout(5):
+            assert peer.recv(1) == b"", "the inbox closed its copy: the browser sees the end and reconnects"
+        sender.close()
+    finally:
+        inbox.close()
+
+
 def test_unseen_survives_the_journey():
     unseen = Unseen(4)
     assert unseen.admit(ev(7)) and unseen.admit(ev(9, "new_message"))
