@@ -227,14 +227,22 @@ class StreamWorker(GeventWorker):
         if inbox is not None:
             inbox.close()  # and no sibling carries its connections here
             successors = Successors(inbox.path.parent, self.pid)
+        # Carrying waits for the new workers to boot: keep telling the arbiter this one lives.
+        heartbeat = gevent.spawn(self._notify_every_second)
         for owner in list(self.owners):
             try:
                 owner.drain(successors)
             except Exception:
                 log.exception("could not drain %r", owner)
+        heartbeat.kill()
         if successors is not None:
             successors.close()
         self._finish_requests(servers)
+
+    def _notify_every_second(self) -> None:
+        while True:
+            self.notify()
+            gevent.sleep(1.0)
 
     def _finish_requests(self, servers: list[StreamServer]) -> None:
         deadline = time.monotonic() + self.cfg.graceful_timeout
