@@ -247,6 +247,43 @@ def test_the_per_user_cap_counts_streams_in_redis_and_frees_a_closed_ones_lease(
         streams.stop()
 
 
+def test_a_burst_of_connects_is_capped_exactly_in_few_round_trips():
+    import fakeredis
+
+    from app.notifications.caps import StreamCap
+
+    client = fakeredis.FakeRedis()
+    cap = StreamCap(client, limit=4)
+    assert cap.acquire(9) is not None  # Redis learns the script
+    trips = []  # one per command sent alone, one per pipeline
+    for name in ("pipeline", "execute_command"):
+        real = getattr(client, name)
+        setattr(client, name, lambda *a, real=real, **kw: trips.append(1) or real(*a, **kw))
+    burst = [gevent.spawn(cap.acquire, user) for user in (1,) * 10 + (2,) * 3]
+    gevent.joinall(burst)
+    granted = [g.value is not None for g in burst]
+    assert sum(granted[:10]) == 4 and all(granted[10:]), "user 1 gets its cap, user 2 is not affected"
+    assert len(trips) <= 2, f"{len(trips)} round trips for 13 connects arriving together"
+    client.script_flush()  # a restarted Redis has forgotten the script
+    assert cap.acquire(3) is not None
+
+
+def test_without_redis_the_cap_lets_streams_through_and_says_so_once(caplog):
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from app.notifications.caps import StreamCap
+
+    # As the app's client: no retries. Nothing listens on port 1.
+    client = redis.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    cap = StreamCap(client, limit=4)
+    burst = [gevent.spawn(cap.acquire, 1) for _ in range(5)]
+    gevent.joinall(burst)
+    assert all(g.value is not None for g in burst)
+    assert len([r for r in caplog.records if "stream cap" in r.getMessage()]) == 1
+
+
 def test_a_dead_workers_leases_expire(hub):
     import fakeredis
 
