@@ -95,12 +95,21 @@ def at_the_truth_and_nothing_twice(steady: list[Tab], sent: dict[str, int]) -> N
                 seen[key] = event_id
 
 
+@contextlib.contextmanager
+def two_workers(env: dict[str, str], logs) -> Iterator[LiveServer]:
+    """gunicorn with its two workers, logging to ``logs``, stopped at the end."""
+    live = LiveServer(env, logs / "gunicorn.log").start()
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
 @pytest.fixture(scope="module")
 def carrying_server(sqlite_env, tmp_path_factory):
     """Two workers that carry their streams to their successors (the default)."""
-    live = LiveServer(sqlite_env, tmp_path_factory.mktemp("carrying") / "gunicorn.log").start()
-    yield live
-    live.stop()
+    with two_workers(sqlite_env, tmp_path_factory.mktemp("carrying")) as live:
+        yield live
 
 
 def test_every_hup_carries_each_stream_to_the_new_workers_with_nothing_lost_or_repeated(
@@ -160,9 +169,8 @@ def test_deploys_half_a_second_apart_lose_nothing_and_repeat_nothing(carrying_se
 def deploy_server(sqlite_env, tmp_path_factory):
     """Two workers that do not carry their streams and drain with a short jittered retry:."""
     env = {**sqlite_env, "SSE_DRAIN_RETRY_MS": "1000", "SSE_HANDOFF_SECONDS": "0"}
-    live = LiveServer(env, tmp_path_factory.mktemp("deploys") / "gunicorn.log").start()
-    yield live
-    live.stop()
+    with two_workers(env, tmp_path_factory.mktemp("deploys")) as live:
+        yield live
 
 
 def test_without_carrying_every_hup_cuts_each_stream_once_and_none_lands_on_a_stopping_worker(

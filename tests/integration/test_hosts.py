@@ -7,9 +7,11 @@ reaches the cluster, the queue's Redis and PostgreSQL over a real network path, 
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -145,76 +147,83 @@ def truth_of(site, username: str) -> int:
     return truth
 
 
-def sending(sender: WebUser, recipient: WebUser) -> tuple[threading.Event, list[int], threading.Thread]:
-    """A message to ``recipient`` every 100 ms until the event is set; the list counts those sent."""
-    stop, ok = threading.Event(), [0]
+class Traffic:
+    """A message to ``recipient`` every 100 ms, from ``sender``, until ``stop()``; ``ok`` counts them."""
 
-    def traffic() -> None:
+    def __init__(self, sender: WebUser, recipient: WebUser) -> None:
+        self.sender, self.recipient = sender, recipient
+        self.ok = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
         n = 0
-        while not stop.is_set():
+        while not self._stop.is_set():
             try:
-                if sender.send(recipient.username, f"m{n}").status_code == 302:
-                    ok[0] += 1
+                if self.sender.send(self.recipient.username, f"m{n}").status_code == 302:
+                    self.ok += 1
             except httpx.HTTPError:
                 pass
             n += 1
             time.sleep(0.1)
 
-    thread = threading.Thread(target=traffic, daemon=True)
-    thread.start()
-    return stop, ok, thread
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+@contextlib.contextmanager
+def tabs_under_traffic(site, name: str) -> Iterator[tuple[WebUser, list[ProxiedTab], Traffic]]:
+    """A new user's four tabs through nginx (round robin: some on each host), and messages to them."""
+    nginx = site["nginx"]
+    user, sender = browser(nginx, f"host{name}"), browser(nginx, f"host{name}sender")
+    tabs = [ProxiedTab(nginx, user) for _ in range(4)]
+    traffic = None
+    try:
+        wait_until(lambda: all(t.connections for t in tabs), 20, "every tab connected")
+        traffic = Traffic(sender, user)
+        wait_until(lambda: traffic.ok >= 5, 20, "traffic flowing")
+        yield user, tabs, traffic
+    finally:
+        if traffic is not None:
+            traffic.stop()
+        for tab in tabs:
+            tab.close()
+
+
+def at_the_truth(site, user: WebUser, tabs: list[ProxiedTab]) -> None:
+    """Every tab shows the messages the database holds for ``user``, none twice on a connection."""
+    truth = truth_of(site, user.username)
+    wait_until(lambda: all(t.count == truth for t in tabs), 30, "every tab at the truth")
+    for tab in tabs:
+        for ids in tab.connections:
+            assert len(ids) == len(set(ids)), "nothing twice on one connection"
 
 
 def test_a_deploy_of_each_host_in_turn_keeps_every_tab_on_its_one_connection(site):
-    nginx = site["nginx"]
-    dave, sender = browser(nginx, "hostdave"), browser(nginx, "hostdeploysender")
-    tabs = [ProxiedTab(nginx, dave) for _ in range(4)]  # round robin: some on each host
-    try:
-        wait_until(lambda: all(t.connections for t in tabs), 20, "every tab connected")
-        stop, ok, thread = sending(sender, dave)
-        wait_until(lambda: ok[0] >= 5, 20, "traffic flowing")
+    with tabs_under_traffic(site, "dave") as (dave, tabs, traffic):
         for web in site["webs"]:
             old = {w.pid for w in web.workers()}
             web.proc.send_signal(signal.SIGHUP)
             wait_until(lambda web=web, old=old: not old & {w.pid for w in web.workers()}, 30, "a new worker")
-        before = ok[0]
-        wait_until(lambda: ok[0] >= before + 5, 30, "sends after both deploys")
-        stop.set()
-        thread.join(10)
-        truth = truth_of(site, dave.username)
-        wait_until(lambda: all(t.count == truth for t in tabs), 30, "every tab at the truth")
-        for tab in tabs:
-            assert len(tab.connections) == 1, "a deploy cut a tab"
-            assert len(tab.connections[0]) == len(set(tab.connections[0])), "nothing twice"
-        for web in site["webs"]:
-            assert "carried " in web.log()
-    finally:
-        for tab in tabs:
-            tab.close()
+        before = traffic.ok
+        wait_until(lambda: traffic.ok >= before + 5, 30, "sends after both deploys")
+        traffic.stop()
+        at_the_truth(site, dave, tabs)
+        assert all(len(tab.connections) == 1 for tab in tabs), "a deploy cut a tab"
+    for web in site["webs"]:
+        assert "carried " in web.log()
 
 
 def test_a_killed_host_its_browsers_come_back_through_nginx_on_the_other(site, expect_log):
     expect_log(r"connect\(\) failed|upstream prematurely closed|no live upstreams|while reading upstream")
-    web1, web2 = site["webs"]
-    nginx = site["nginx"]
-    carol, sender = browser(nginx, "hostcarol"), browser(nginx, "hostsender")
-    tabs = [ProxiedTab(nginx, carol) for _ in range(4)]  # round robin: some on each host
-    try:
-        wait_until(lambda: all(t.connections for t in tabs), 20, "every tab connected")
-        stop, ok, thread = sending(sender, carol)
-        wait_until(lambda: ok[0] >= 5, 20, "traffic flowing")
+    web1 = site["webs"][0]
+    with tabs_under_traffic(site, "carol") as (carol, tabs, traffic):
         for proc in [*web1.children(), web1.proc]:
             proc.kill()  # the host is gone: its master and workers at once
-        before = ok[0]
-        wait_until(lambda: ok[0] >= before + 10, 30, "sends through the other host")
-        stop.set()
-        thread.join(10)
-        truth = truth_of(site, carol.username)
-        wait_until(lambda: all(t.count == truth for t in tabs), 30, "every tab at the truth")
+        before = traffic.ok
+        wait_until(lambda: traffic.ok >= before + 10, 30, "sends through the other host")
+        traffic.stop()
+        at_the_truth(site, carol, tabs)
         assert any(len(t.connections) > 1 for t in tabs), "some tabs were on the killed host"
-        for tab in tabs:
-            for ids in tab.connections:
-                assert len(ids) == len(set(ids)), "nothing twice on one connection"
-    finally:
-        for tab in tabs:
-            tab.close()
