@@ -18,6 +18,8 @@ import httpx
 import psutil
 import redis
 
+from app.succession import folder_of
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -462,9 +464,19 @@ class LiveServer(_Logged):
         if self.proc.poll() is not None:
             raise AssertionError(f"gunicorn exited: {self.log()}")
         try:
-            return httpx.get(self.url + "/auth/login", timeout=1).status_code == 200
+            if httpx.get(self.url + "/auth/login", timeout=1).status_code != 200:
+                return False
         except httpx.HTTPError:
             return False
+        return self._every_worker_serving()
+
+    def _every_worker_serving(self) -> bool:
+        """Whether every worker has booted, not just the first to answer: each opens its inbox
+        for carried streams (app/succession.py) once it serves."""
+        workers = self.children()
+        folder = folder_of(self.proc.pid)
+        expected = int(self.env.get("WEB_CONCURRENCY", "2"))
+        return len(workers) >= expected and all((folder / f"{w.pid}.sock").exists() for w in workers)
 
     def get(self, path: str, **options) -> httpx.Response:
         """GET ``path`` straight from gunicorn."""

@@ -29,7 +29,7 @@ def test_hostile_messages_leave_delivery_running_in_both_workers(make_user, serv
     channel = f"notifications:{uid}"
     streams = []
     # Open streams until both workers hold one of bob's (each subscribes the channel once).
-    for _ in range(20):
+    for _ in range(40):
         s = bob.stream()
         assert s.status == 200 and s.next_block().retry == "500"
         streams.append(s)
