@@ -206,10 +206,11 @@ class Successors:
         return bool(self._sockets())
 
     def _forget_the_dead(self) -> None:
-        """Remove the marks of workers that are gone (every deploy leaves two)."""
-        for mark in self.folder.glob("*.stopped"):
-            if mark.stem.isdigit() and not Path(f"/proc/{mark.stem}").exists():
-                mark.unlink(missing_ok=True)
+        """Remove the marks of workers that are gone (every deploy leaves two), and the sockets
+        of those that died without closing them (kill -9)."""
+        for path in [*self.folder.glob("*.stopped"), *self.folder.glob("*.sock")]:
+            if path.stem.isdigit() and not Path(f"/proc/{path.stem}").exists():
+                path.unlink(missing_ok=True)
 
     def _sockets(self) -> list[Path]:
         found = [p for p in self.folder.glob("*.sock") if p.stem != str(self.me)]
@@ -231,11 +232,24 @@ class Successors:
             try:
                 conn = self._conns.get(path) or self._connect(path)
                 socket.send_fds(conn, [data], fds)
-                if conn.recv(1) == b"1":
-                    return True
             except OSError as exc:
                 log.info("could not carry connections to %s (%s)", path.name, exc)
-            self._forget(path)
+                self._forget(path)
+                continue
+            try:
+                answer = conn.recv(1)
+            except OSError as exc:
+                # Sent, and no answer in time: that worker may own them. They are never offered
+                # to another (two workers would write to one connection): given up, and at worst
+                # their browsers reconnect.
+                log.warning(
+                    "no answer from %s about %d streams (%s); giving them up", path.name, len(fds), exc
+                )
+                self._forget(path)
+                return True
+            if answer == b"1":
+                return True
+            self._forget(path)  # refused (its copies are closed) or gone before it read them
         return False
 
     def _connect(self, path: Path) -> socket.socket:
