@@ -486,6 +486,17 @@ class LiveServer(_Logged):
         """The worker processes."""
         return self.children()
 
+    def live_worker_pids(self) -> set[int]:
+        """The pids of the workers still running (not yet reaped ones left out)."""
+        pids = set()
+        for worker in self.workers():
+            try:
+                if worker.status() != psutil.STATUS_ZOMBIE:
+                    pids.add(worker.pid)
+            except psutil.NoSuchProcess:
+                pass  # gone between the listing and the look
+        return pids
+
 
 class WorkerProcess(_Logged):
     """``python -m workers``, exactly as operators start it."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 
-import psutil
 import pytest
 from playwright.sync_api import expect
 
@@ -21,10 +20,6 @@ def server(server_env, tmp_path_factory):
     live.stop()
 
 
-def workers(server: LiveServer) -> set[int]:
-    return {c.pid for c in psutil.Process(server.proc.pid).children() if c.status() != psutil.STATUS_ZOMBIE}
-
-
 def test_a_deploy_keeps_the_pages_stream_open_and_the_badge_live(server, make_user, login_page):
     alice, bob = make_user("alice"), make_user("bob")
     sender = login_page(alice, stream=False)
@@ -34,9 +29,9 @@ def test_a_deploy_keeps_the_pages_stream_open_and_the_badge_live(server, make_us
     badge = page.locator("#message_count")
 
     for deploy in range(2):
-        old = workers(server)
+        old = server.live_worker_pids()
         server.proc.send_signal(signal.SIGHUP)
-        wait_until(lambda old=old: not workers(server) & old, 30, "the old workers to be gone")
+        wait_until(lambda old=old: not server.live_worker_pids() & old, 30, "the old workers to be gone")
         send_through_the_form(sender, bob.username, f"after deploy {deploy}")
         expect(badge).to_have_text(str(deploy + 1), timeout=5000)
 

@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Iterator
 
-import psutil
 import pytest
 
 from tests.helpers import Tab, WebUser, registered
@@ -44,11 +43,6 @@ def tabs():
         tab.close()
     for tab in made:
         tab.thread.join(5)
-
-
-def workers(server: LiveServer) -> set[int]:
-    """The gunicorn master's live workers."""
-    return {c.pid for c in psutil.Process(server.proc.pid).children() if c.status() != psutil.STATUS_ZOMBIE}
 
 
 def two_tabs_each(server: LiveServer, prefix: str, tabs) -> tuple[list[WebUser], WebUser, list[Tab]]:
@@ -120,11 +114,11 @@ def test_every_hup_carries_each_stream_to_the_new_workers_with_nothing_lost_or_r
 
     with sending(sender, users) as sent:
         for repeat in range(5):
-            old = workers(server)
+            old = server.live_worker_pids()
             server.proc.send_signal(signal.SIGHUP)
             # Fresh tabs keep opening while the old workers stop and the new ones boot.
             fresh = []
-            while workers(server) & old:
+            while server.live_worker_pids() & old:
                 fresh.append(tabs(users[len(fresh) % len(users)]))
                 time.sleep(0.1)
                 assert len(fresh) < 200, f"HUP {repeat}: the old workers never stopped"
@@ -149,12 +143,14 @@ def test_deploys_half_a_second_apart_lose_nothing_and_repeat_nothing(carrying_se
     users, sender, steady = two_tabs_each(server, "twice", tabs)
     with sending(sender, users) as sent:
         for _ in range(3):
-            before = workers(server)
+            before = server.live_worker_pids()
             server.proc.send_signal(signal.SIGHUP)
             time.sleep(0.5)  # the new workers are booting, the old ones waiting for them
             server.proc.send_signal(signal.SIGHUP)
             wait_until(
-                lambda before=before: len(workers(server)) == 2 and not workers(server) & before,
+                lambda before=before: (
+                    len(server.live_worker_pids()) == 2 and not server.live_worker_pids() & before
+                ),
                 30,
                 "two workers of the last deploy alone",
             )

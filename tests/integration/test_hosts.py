@@ -204,9 +204,9 @@ def at_the_truth(site, user: WebUser, tabs: list[ProxiedTab]) -> None:
 def test_a_deploy_of_each_host_in_turn_keeps_every_tab_on_its_one_connection(site):
     with tabs_under_traffic(site, "dave") as (dave, tabs, traffic):
         for web in site["webs"]:
-            old = {w.pid for w in web.workers()}
+            old = web.live_worker_pids()
             web.proc.send_signal(signal.SIGHUP)
-            wait_until(lambda web=web, old=old: not old & {w.pid for w in web.workers()}, 30, "a new worker")
+            wait_until(lambda web=web, old=old: not old & web.live_worker_pids(), 30, "a new worker")
         before = traffic.ok
         wait_until(lambda: traffic.ok >= before + 5, 30, "sends after both deploys")
         traffic.stop()
