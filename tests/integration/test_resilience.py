@@ -21,8 +21,9 @@ def own_redis(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(server_env, own_redis, tmp_path_factory):
-    """gunicorn on the killable Redis."""
-    env = {**server_env, "REDIS_URL": own_redis.url}
+    """gunicorn on the killable Redis. Its workers close their streams when told to stop (the
+    path these tests are about) rather than carry them to a sibling (test_deploys.py)."""
+    env = {**server_env, "REDIS_URL": own_redis.url, "SSE_HANDOFF_SECONDS": "0"}
     live = LiveServer(env, tmp_path_factory.mktemp("log") / "gunicorn.log").start()
     yield live
     live.stop()
