@@ -15,6 +15,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from app.blocking import off_the_loop
 from app.extensions import db, login
+from app.rawsql import RawSelect
 
 
 def utcnow() -> datetime:
@@ -109,7 +110,7 @@ class Login(db.Model):
 # much as running it on SQLite (docs/benchmarks: connect CPU per stream).
 _OPEN_LOGIN = (Login.token == sa.bindparam("token"), Login.revoked_at.is_(None))
 _USER_OF_LOGIN = sa.select(User).join(Login, Login.user_id == User.id).where(*_OPEN_LOGIN)
-_USER_ID_OF_LOGIN = sa.select(Login.user_id).where(*_OPEN_LOGIN)
+_USER_ID_OF_LOGIN = RawSelect(sa.select(Login.user_id).where(*_OPEN_LOGIN))
 
 
 def _plausible(token: object) -> bool:
@@ -143,8 +144,8 @@ def user_id_of_login(token: object) -> int | None:
     thousand after a deploy."""
     if not _plausible(token):
         return None
-    with db.engine.connect() as conn:
-        return conn.execute(_USER_ID_OF_LOGIN, {"token": token}).scalar()
+    rows = _USER_ID_OF_LOGIN.rows(db.engine, token=token)
+    return rows[0][0] if rows else None
 
 
 class Message(db.Model):

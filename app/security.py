@@ -1,4 +1,5 @@
-"""Security headers on every response (flask-talisman), no caching of private pages, proxy headers.
+"""Security headers on every response (flask-talisman), no caching of private pages, proxy headers,
+and the signed-cookie sessions.
 
 Talisman writes the CSP (``script-src 'self'``: the pages carry no inline script or style),
 ``frame-ancestors 'none'`` with ``X-Frame-Options: DENY``, ``X-Content-Type-Options: nosniff``
@@ -9,7 +10,9 @@ proxy in front (deploy/nginx/), which does both, and ``make run`` serves plain H
 from __future__ import annotations
 
 from flask import Flask, Response, request
+from flask.sessions import SecureCookieSessionInterface
 from flask_talisman import Talisman
+from itsdangerous import URLSafeTimedSerializer
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 CONTENT_SECURITY_POLICY = {
@@ -29,8 +32,30 @@ CONTENT_SECURITY_POLICY = {
 _CACHEABLE_ENDPOINTS = frozenset({"static", "bootstrap.static"})
 
 
+class SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, with the signing serializer built once per set of keys.
+
+    Flask builds a serializer for every request, and building one dumps a test value to
+    JSON: a tenth of reading the cookie, on every stream connect. The serializer depends
+    only on the keys and this class's settings, so one per key set does the same work.
+    """
+
+    def __init__(self) -> None:
+        self._serializers: dict[tuple, URLSafeTimedSerializer] = {}
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        if not app.secret_key:
+            return None
+        keys = (app.secret_key, tuple(app.config["SECRET_KEY_FALLBACKS"] or ()))
+        found = self._serializers.get(keys)
+        if found is None:
+            found = self._serializers[keys] = super().get_signing_serializer(app)
+        return found
+
+
 def init_app(app: Flask) -> None:
-    """Install the headers, and ProxyFix for ``TRUSTED_PROXIES`` proxies in front."""
+    """Install the headers and sessions, and ProxyFix for ``TRUSTED_PROXIES`` proxies in front."""
+    app.session_interface = SessionInterface()
     Talisman(
         app,
         force_https=False,

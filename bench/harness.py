@@ -33,6 +33,7 @@ PASSWORD = "bench-password"
 
 QUICK = {
     "streams_levels": [200, 1000],
+    "connect_isolated": (1000, 3),  # streams opened per round, rounds
     "users": 100,  # tabs per user = streams / users
     "send_at": [1000],
     "sends": 30,
@@ -52,6 +53,7 @@ QUICK = {
 }
 FULL = {
     "streams_levels": [1000, 5000, 10000],
+    "connect_isolated": (10000, 3),
     "users": 1000,
     "send_at": [1000, 10000],
     "sends": 100,
@@ -99,8 +101,11 @@ def percentiles(samples: list[float]) -> dict:
 class Server:
     """gunicorn -c gunicorn.conf.py <app>, with per-worker counters in a metrics directory."""
 
-    def __init__(self, app: str, env: dict, workers: int, tmp: Path, name: str, host=None) -> None:
-        """``host``: a test host (tests/servers.py ``Network.host``) to run it on."""
+    def __init__(
+        self, app: str, env: dict, workers: int, tmp: Path, name: str, host=None, cpus: set[int] | None = None
+    ) -> None:
+        """``host``: a test host (tests/servers.py ``Network.host``) to run it on; ``cpus``: the
+        cores the master and its workers may run on (all by default)."""
         self.port = free_port()
         self.ip = host.ip if host else "127.0.0.1"
         self.metrics = tmp / f"metrics-{name}"
@@ -125,6 +130,7 @@ class Server:
             env=self.env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
         self.url = f"http://{self.ip}:{self.port}"
         self.workers = workers
@@ -191,6 +197,10 @@ class CpuMeter:
                 pass
         return total
 
+    def seconds(self) -> dict[str, float]:
+        """CPU seconds each group used so far."""
+        return {name: self._cpu(pids) - self.start[name] for name, pids in self.groups.items()}
+
     def cores_used(self, elapsed: float) -> dict[str, float]:
         """Cores' worth of CPU each group used over ``elapsed`` seconds."""
         return {
@@ -202,7 +212,9 @@ class CpuMeter:
 class Load:
     """Load-client processes, each holding part of the streams."""
 
-    def __init__(self, port: int, processes: int, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, port: int, processes: int, host: str = "127.0.0.1", cpus: set[int] | None = None
+    ) -> None:
         self.procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "bench.loadclient", host, str(port)],
@@ -210,6 +222,7 @@ class Load:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
+                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
             )
             for _ in range(processes)
         ]
@@ -408,27 +421,42 @@ class Rig:
         workers: int | None = None,
         processes: int | None = None,
         env: dict | None = None,
+        isolated: bool = False,
         **config,
     ) -> Iterator[tuple[Server, Load]]:
         """A server (``server``, with ``env`` over the rig's) and load-client processes for it
         (default: ``load_processes``, configured with ``config``, by default not reconnecting);
-        all stopped afterwards."""
-        server = self.server(name, app, workers, env)
-        load = Load(server.port, processes or self.p["load_processes"])
+        all stopped afterwards. ``isolated``: the server runs on the last core alone, the load
+        clients and Redis on the others, as they would on machines of their own."""
+        server_cpus = load_cpus = None
+        if isolated:
+            cores = sorted(os.sched_getaffinity(0))
+            server_cpus, load_cpus = set(cores[-1:]), set(cores[:-1])
+        server = self.server(name, app, workers, env, cpus=server_cpus)
+        load = Load(server.port, processes or self.p["load_processes"], cpus=load_cpus)
+        redis_cpus = os.sched_getaffinity(self.redis.proc.pid)
         try:
+            if load_cpus:
+                os.sched_setaffinity(self.redis.proc.pid, load_cpus)
             load.same({"cmd": "config", **(config or {"reconnect": False})})
             yield server, load
         finally:
+            os.sched_setaffinity(self.redis.proc.pid, redis_cpus)
             load.close()
             load.exit()
             server.stop()
 
     def server(
-        self, name: str, app: str = "wsgi:app", workers: int | None = None, env: dict | None = None
+        self,
+        name: str,
+        app: str = "wsgi:app",
+        workers: int | None = None,
+        env: dict | None = None,
+        cpus: set[int] | None = None,
     ) -> Server:
         """gunicorn serving ``app`` against this rig's Redis and database (``env`` over the rig's)."""
         workers = workers or int(os.environ.get("WEB_CONCURRENCY", "2"))
-        return Server(app, {**self.env, **(env or {})}, workers, self.tmp, name)
+        return Server(app, {**self.env, **(env or {})}, workers, self.tmp, name, cpus=cpus)
 
     def set_unread(self, user_ids: list[int], count: int) -> None:
         """Store and publish ``unread_message_count = count`` for each user, as a send would."""

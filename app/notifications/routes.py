@@ -138,8 +138,10 @@ class StreamHandover(Response):
 
     def __call__(self, environ, start_response):
         # No database connection is held while Redis is asked (a session loaded through the
-        # remember-me cookie gives its back), or a burst of connects overflows the pool.
-        db.session.close()
+        # remember-me cookie gives its back), or a burst of connects overflows the pool. Most
+        # connects never made an ORM session: none is made just to close it.
+        if db.session.registry.has():
+            db.session.close()
         streams = realtime.streams
         if streams.full:
             log.warning("refused a stream: this worker holds %d, its limit", len(streams))

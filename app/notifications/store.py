@@ -21,6 +21,7 @@ from app.extensions import db, realtime
 from app.models import Notification, User
 from app.notifications.events import MAX_MESSAGE_BYTES, Event, channel_for
 from app.notifications.kinds import SESSION_ENDED, NotificationRefused, declared, session_tag
+from app.rawsql import RawSelect
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +101,8 @@ def end_login_streams(user_id: int, login_token: str) -> None:
     publish(user_id, control)
 
 
-# Built once, and run on a connection of its own rather than through the ORM session: every
-# stream connect runs it, and the session's bookkeeping costs more than the query
-# (docs/benchmarks: connect CPU per stream).
-_STORED_SINCE = (
+# Every stream connect runs it: built once, run on the driver's cursor (app/rawsql.py).
+_STORED_SINCE = RawSelect(
     sa.select(Notification.id, Notification.name, Notification.payload_json, Notification.timestamp)
     .where(Notification.user_id == sa.bindparam("user_id"), Notification.id > sa.bindparam("since_id"))
     .order_by(Notification.id)
@@ -112,8 +111,7 @@ _STORED_SINCE = (
 
 def stored_events(user_id: int, since_id: int = 0) -> list[Event]:
     """The user's stored notifications with id above ``since_id``, oldest first."""
-    with db.engine.connect() as conn:
-        rows = conn.execute(_STORED_SINCE, {"user_id": user_id, "since_id": since_id}).all()
+    rows = _STORED_SINCE.rows(db.engine, user_id=user_id, since_id=since_id)
     return [Event(name=name, data=json.loads(raw), timestamp=ts, id=id_) for id_, name, raw, ts in rows]
 
 

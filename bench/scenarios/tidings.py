@@ -67,6 +67,30 @@ def streams(rig: Rig) -> dict:
             "http_requests_per_s": round((c1["http_requests"] - c0["http_requests"]) / p["idle_seconds"], 3),
         }
         print("tidings idle", out["idle"], flush=True)
+    out["connect_isolated"] = connect_isolated(rig)
+    return out
+
+
+def connect_isolated(rig: Rig) -> dict:
+    """(a') connect CPU with the server on a core of its own: one worker on the last core, the
+    load clients and Redis on the others, as on machines of their own. Sharing the cores
+    with them makes every process slower (caches, switches), so the figure at the levels
+    above varies with the load clients' appetite; this one is the server's own cost."""
+    n, rounds = rig.p["connect_isolated"]
+    per_stream = []
+    with rig.serving("tidings-connect", workers=1, isolated=True) as (server, load):
+        for _ in range(rounds):
+            load.close()
+            deadline = time.time() + 30
+            while server.counters()["streams"] and time.time() < deadline:  # the last round's closes
+                time.sleep(0.2)
+            cpu = CpuMeter({"app": server.worker_pids()})
+            r = load.open(rig.specs(n, max(1, min(len(rig.users), n // 10))))
+            per_stream.append(round(cpu.seconds()["app"] / max(1, r["opened"]) * 1000, 3))
+            if r["errors"]:
+                raise RuntimeError(f"isolated connects: {r['errors']} errors ({r['last_error']})")
+    out = {"streams": n, "rounds_ms": per_stream, "median_ms": sorted(per_stream)[len(per_stream) // 2]}
+    print("tidings connect isolated", out, flush=True)
     return out
 
 
