@@ -1,9 +1,10 @@
 """Where a stream connect's CPU goes: ``python -m bench.profile_connect [--streams N] [--path P]``.
 
-One gunicorn worker on the benchmark rig; N streams open from two load processes while
-py-spy samples the worker (``--no-spy`` for the CPU figure alone). Prints the worker's CPU
-per connect and the share of samples spent in each part of the path. ``--path /healthz``
-gives the same figures for a request that is not a stream (the framework's own floor).
+One gunicorn worker on the benchmark rig (``--workers``); N streams open from two load
+processes (``--load``) while py-spy samples the worker (``--no-spy`` for the CPU figure
+alone). Prints the worker's CPU per connect and the share of samples spent in each part of
+the path. ``--path /healthz`` gives the same figures for a request that is not a stream
+(the framework's own floor).
 """
 
 from __future__ import annotations

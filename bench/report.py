@@ -117,6 +117,18 @@ def markdown(r: dict) -> str:
             "growth of `SReclaimable + SUnreclaim` in /proc/meminfo while they open, per stream; both "
             "ends of each connection are on this machine, so it counts two sockets.",
         ]
+        iso = sc.get("streams", {}).get("connect_isolated")
+        if iso:
+            lines += [
+                "",
+                f"**Connect CPU with the server on a core of its own: {iso['median_ms']} ms per stream** "
+                f"(median of {len(iso['rounds_ms'])} rounds of {iso['streams']} connects: "
+                + ", ".join(f"{r} ms" for r in iso["rounds_ms"])
+                + "). One worker on the last core, the load clients and Redis on the others, as on "
+                "machines of their own. In the table the two workers share both cores with them, and "
+                "every process runs slower for it (caches, switches): that figure is this rig's, this one "
+                "the server's.",
+            ]
     if "floor" in sc:
         f = sc["floor"]
         lines += [
