@@ -36,7 +36,7 @@ class SessionInterface(SecureCookieSessionInterface):
     """Flask's signed-cookie sessions, with the signing serializer built once per set of keys.
 
     Flask builds a serializer for every request, and building one dumps a test value to
-    JSON: a tenth of reading the cookie, on every stream connect. The serializer depends
+    JSON: a third of opening the session in a connect's profile. The serializer depends
     only on the keys and this class's settings, so one per key set does the same work.
     """
 

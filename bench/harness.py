@@ -68,7 +68,7 @@ FULL = {
     "peer_streams": 5000,
     "restart_streams": 20000,
     "scaleout_streams": 10000,
-    "scaleout_rates": [10000, 20000, 30000, 40000, 50000, 60000],
+    "scaleout_rates": [10000, 20000, 30000, 35000, 40000, 45000, 50000, 55000, 60000, 70000, 80000],
     "load_processes": 3,
 }
 

@@ -247,9 +247,11 @@ def _scaleout(so: dict) -> list[str]:
         "publish→event run.",
         "",
         "| way | publish→event p50 / p99 / max (ms) | at deliveries/s | lost | highest rate, p99 ≤ 100 ms, "
-        "0 lost | Redis CPU (cores) | web hosts' CPU (cores) | publisher's CPU (cores) |",
-        "|---|---|---|---|---|---|---|---|",
+        "0 lost | Redis CPU (cores) | web hosts' CPU (cores) | publisher's CPU (cores) "
+        "| load clients' CPU (cores) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    steps = []
     for name, w in so["ways"].items():
         pe = w["publish_to_event"]
         lt = pe["latency_ms"]
@@ -259,8 +261,18 @@ def _scaleout(so: dict) -> list[str]:
         lines.append(
             f"| {name} | {lt.get('p50')} / {lt.get('p99')} / {lt.get('max')} | "
             f"{pe['achieved_deliveries_per_s']} | {pe['lost']} | {w['max_sustained_deliveries_per_s']} | "
-            f"{redis_cpu} | {pe['cores_used'].get('web hosts')} | {pe['cores_used'].get('publisher')} |"
+            f"{redis_cpu} | {pe['cores_used'].get('web hosts')} | {pe['cores_used'].get('publisher')} | "
+            f"{pe['cores_used'].get('load clients', '')} |"
         )
+        steps.append(
+            f"- {name}: "
+            + ", ".join(
+                f"{r['achieved_deliveries_per_s']}/s p99 {r['latency_ms'].get('p99')} ms lost {r['lost']} "
+                f"(web hosts {r['cores_used'].get('web hosts')} cores)"
+                for r in w["rate_steps"]
+            )
+        )
+    lines += ["", "Rising rates, until p99 > 100 ms or a loss:", "", *steps]
     return lines
 
 

@@ -188,6 +188,7 @@ def publish_run(rig: Rig, way: Way, servers, loads, rate: float, duration: float
         pids["replicas"] = way.redis_pids["replicas"]
     pids["web hosts"] = [pid for s in servers for pid in s.worker_pids()]
     pids["publisher"] = [os.getpid()]
+    pids["load clients"] = [proc.pid for load in loads for proc in load.procs]
     cpu = CpuMeter(pids)
     per_second = rate / TABS
     n_users = rig.p["scaleout_streams"] // TABS
