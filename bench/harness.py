@@ -98,6 +98,11 @@ def percentiles(samples: list[float]) -> dict:
     return {"n": len(s), "p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": round(s[-1] * 1000, 2)}
 
 
+def on_cores(cpus: set[int] | None):
+    """A ``preexec_fn`` that keeps a child process (and its own children) on ``cpus``; None: anywhere."""
+    return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+
+
 class Server:
     """gunicorn -c gunicorn.conf.py <app>, with per-worker counters in a metrics directory."""
 
@@ -130,7 +135,7 @@ class Server:
             env=self.env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+            preexec_fn=on_cores(cpus),
         )
         self.url = f"http://{self.ip}:{self.port}"
         self.workers = workers
@@ -222,7 +227,7 @@ class Load:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
-                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+                preexec_fn=on_cores(cpus),
             )
             for _ in range(processes)
         ]
@@ -435,13 +440,14 @@ class Rig:
         server = self.server(name, app, workers, env, cpus=server_cpus)
         load = Load(server.port, processes or self.p["load_processes"], cpus=load_cpus)
         redis_cpus = os.sched_getaffinity(self.redis.proc.pid)
+        if load_cpus:
+            os.sched_setaffinity(self.redis.proc.pid, load_cpus)
         try:
-            if load_cpus:
-                os.sched_setaffinity(self.redis.proc.pid, load_cpus)
             load.same({"cmd": "config", **(config or {"reconnect": False})})
             yield server, load
         finally:
-            os.sched_setaffinity(self.redis.proc.pid, redis_cpus)
+            if load_cpus:
+                os.sched_setaffinity(self.redis.proc.pid, redis_cpus)
             load.close()
             load.exit()
             server.stop()
