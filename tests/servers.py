@@ -200,6 +200,9 @@ class RedisCluster:
                 self.SERVER, "--port", str(port), "--bind", self.host, "--cluster-enabled", "yes",
                 "--cluster-announce-ip", self.host, "--protected-mode", "no",
                 "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+                # A replica syncs at once rather than after the default 5 s: one killed before its
+                # first sync can never be promoted ("disconnected from master for longer than allowed").
+                "--repl-diskless-sync-delay", "0",
                 "--save", "", "--appendonly", "no", "--dir", str(folder),
             ],
             stdout=open(folder / "redis.log", "ab"),
@@ -229,16 +232,20 @@ class RedisCluster:
         return self
 
     def wait_ok(self, timeout: float = 30) -> None:
-        """Until every live node says the cluster is ok and agrees on the masters."""
+        """Until every live node says the cluster is ok and every live replica has synced with
+        its master, so that a master killed next has a replica that can take over."""
 
         def ok() -> bool:
             try:
-                infos = [self.client(p).cluster("info") for p in self.live_ports()]
+                clients = [self.client(p) for p in self.live_ports()]
+                states = [c.cluster("info").get("cluster_state") for c in clients]
+                links = [c.info("replication") for c in clients]
             except redis.RedisError:
                 return False
-            return all(i.get("cluster_state") == "ok" for i in infos)
+            synced = all(i.get("master_link_status") == "up" for i in links if i["role"] == "slave")
+            return synced and all(s == "ok" for s in states)
 
-        wait_until(ok, timeout, "the cluster to be ok")
+        wait_until(ok, timeout, "the cluster to be ok, its replicas synced")
 
     def live_ports(self) -> list[int]:
         return [p for p, proc in self.procs.items() if proc.poll() is None]
