@@ -1,8 +1,10 @@
 """The per-process hub: one Redis pub/sub connection fanning out to this worker's streams.
 
 Each gunicorn gevent worker has one ``Hub``. It subscribes to ``notifications:<id>`` only
-while that user has an open stream in this worker (reference-counted), reads the
-connection in one listener greenlet and offers every message to the user's streams.
+while that user has an open stream in this worker (reference-counted) and offers every
+message to the user's streams. A listener greenlet holds the connection (connects,
+subscribes, reconnects); the replies are read and handled by the event loop itself, as
+the socket becomes readable (``_Reading``), like the streams' own writes.
 Offering never blocks the listener: an open stream writes to its socket without waiting
 (see ``live.py``), and a stream still being opened keeps the latest event per key.
 When Redis goes away the listener reconnects with capped exponential backoff,
@@ -19,8 +21,10 @@ import gevent
 import gevent.event
 import gevent.lock
 import gevent.monkey
+import hiredis
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import InvalidResponse
 from redis.retry import Retry
 
 from app import telemetry
@@ -140,6 +144,7 @@ class Hub:
         self.max_backoff = max_backoff
         self._subs: dict[int, set[Subscription]] = {}
         self._conn: Any = None
+        self._reading: _Reading | None = None
         self._write_lock = gevent.lock.RLock()
         self._pending: dict[str, int] = {}  # SUBSCRIBEs sent and not yet confirmed
         self._subscribed: set[str] = set()  # confirmed on the current connection
@@ -330,8 +335,10 @@ class Hub:
                 conn.send_command(*args, check_health=False)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 self._outage.failed(f"could not send {args[0]}: {exc}")
-                # Closing it fails the listener's read: it reconnects and subscribes everything wanted.
+                # The listener reconnects and subscribes everything wanted.
                 self._conn = None
+                if self._reading is not None:
+                    self._reading.end(exc)
                 conn.disconnect()
 
     def _ping(self) -> None:
@@ -342,36 +349,53 @@ class Hub:
     def _listen(self) -> None:
         delay = self.min_backoff
         while not self._stopping:
-            conn = None
+            conn = reading = None
             try:
                 conn = self._connect()
                 self._attach(conn)
-                while not self._stopping:
-                    try:
-                        reply = conn.read_response()
-                    except redis.ResponseError as exc:
-                        # A cluster node refusing a channel it does not serve (MOVED): ask
-                        # where the unconfirmed ones live now.
-                        if not self.sharded:
-                            raise
-                        self._moved(list(self._pending), exc)
-                        continue
-                    delay = self.min_backoff
-                    try:
-                        self.handle_reply(reply)
-                    except Exception:  # one reply must never end delivery for every stream
-                        log.exception("hub dropped a reply it could not handle")
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                reading = self._reading = _Reading(conn, self._on_reply)
+                self._watch(reading)
+            # InvalidResponse: bytes that are not RESP; the connection cannot be trusted after them.
+            except (redis.ConnectionError, redis.TimeoutError, InvalidResponse, OSError) as exc:
                 telemetry.HUB_RECONNECTS.inc()
                 self._lost = True
                 self._outage.failed(exc)
                 if self._on_lost is not None:
                     self._on_lost()
             finally:
+                if reading is not None:
+                    reading.end()
+                    self._reading = None
+                    if reading.replied:
+                        delay = self.min_backoff
                 self._detach(conn)
             if not self._stopping:
                 gevent.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
+
+    def _watch(self, reading: _Reading) -> None:
+        """Wait while the event loop reads the connection; raise what ended it. The pinger makes
+        Redis answer at least every ping interval, so three in silence mean it is gone."""
+        silence = 3 * self.ping_interval
+        while not reading.ended.wait(silence):
+            if not reading.heard:
+                raise redis.TimeoutError(f"Redis sent nothing for {silence:g} s")
+            reading.heard = False
+        raise reading.error
+
+    def _on_reply(self, reply: Any) -> None:
+        """One reply, in the event loop: nothing here may wait (see ``_Reading``)."""
+        if isinstance(reply, redis.ResponseError):
+            if not self.sharded:
+                raise reply
+            # A cluster node refusing a channel it does not serve (MOVED): ask where the
+            # unconfirmed ones live now.
+            self._moved(list(self._pending), reply)
+            return
+        try:
+            self.handle_reply(reply)
+        except Exception:  # one reply must never end delivery for every stream
+            log.exception("hub dropped a reply it could not handle")
 
     def _attach(self, conn: Any) -> None:
         with self._write_lock:
@@ -458,6 +482,67 @@ class Hub:
         telemetry.DELIVERIES.inc(len(subs))
         for sub in list(subs):
             sub.offer(event)
+
+
+class _Reading:
+    """The hub's connection read by the event loop: when its socket is readable, a callback
+    takes everything there, hiredis parses it, and each reply is handled then and there.
+
+    Why not a greenlet blocked in ``read_response``: on this kind of host a greenlet's wake
+    (socket wait, switch in, switch out) cost more than handling the replies it woke for,
+    and a worker on a Redis Cluster has one such connection per master. Handling a reply
+    never waits: messages go to streams that write without blocking (live.py), confirmations
+    set events, and anything that must talk to Redis is spawned. Whatever ends the connection
+    (EOF, an error, bytes that are not RESP, an exception from a reply) ends the reading,
+    with the reason in ``error``, for the listener to reconnect.
+    """
+
+    __slots__ = ("ended", "error", "heard", "replied", "_sock", "_parser", "_handle", "_watcher")
+
+    def __init__(self, conn: Any, handle: Callable[[Any], None]) -> None:
+        sock = conn._sock  # redis-py's socket; under gevent a wrapper of the real, non-blocking one
+        self._sock = getattr(sock, "_sock", sock)
+        if self._sock.gettimeout() != 0:
+            raise RuntimeError("the hub reads a non-blocking socket: run it under gevent")
+        self._parser = hiredis.Reader(protocolError=InvalidResponse, replyError=redis.ResponseError)
+        self._handle = handle
+        self.ended = gevent.event.Event()
+        self.error: BaseException = redis.ConnectionError("the hub stopped reading")
+        self.heard = self.replied = False
+        self._watcher = gevent.get_hub().loop.io(self._sock.fileno(), 1)
+        self._watcher.start(self._on_readable)
+
+    def _on_readable(self) -> None:
+        try:
+            data = self._sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.end(exc)
+            return
+        if not data:
+            self.end(redis.ConnectionError("Redis closed the connection"))
+            return
+        self.heard = True
+        parser = self._parser
+        parser.feed(data)
+        try:
+            while self._watcher is not None and (reply := parser.gets()) is not False:
+                self.replied = True
+                self._handle(reply)
+        except BaseException as exc:  # noqa: BLE001 - handed to the listener, which decides
+            self.end(exc)
+
+    def end(self, error: BaseException | None = None) -> None:
+        """Stop reading (idempotent); the first ``error`` is what the listener raises."""
+        if self._watcher is None:
+            return
+        self._watcher.stop()
+        self._watcher.close()
+        self._watcher = None
+        if error is not None:
+            self.error = error
+        self.ended.set()
 
 
 def _text(value: bytes | str) -> str:

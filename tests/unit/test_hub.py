@@ -6,10 +6,14 @@ The hub's pub/sub connection is replaced by a scripted one that answers like Red
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import socket
+import struct
+import termios
 
 import gevent
-import gevent.queue
+import gevent.socket
 import pytest
 import redis
 
@@ -19,29 +23,58 @@ from app.notifications.kinds import session_tag
 
 
 class ScriptedPubSub:
-    """A pub/sub connection: records commands, confirms subscriptions, delivers what the test pushes."""
+    """A pub/sub connection: records commands, confirms subscriptions, delivers what the test
+    pushes. The hub reads a real socket: what the test pushes is written to its other end as
+    RESP, an error reply as one, and any other exception closes it."""
 
     def __init__(self) -> None:
         self.sent: list[tuple] = []
-        self.replies: gevent.queue.Queue = gevent.queue.Queue()
+        self._sock, server = socket.socketpair()
+        self._sock.setblocking(False)
+        # Cooperative, so that a reply bigger than the socket's buffer is read while written.
+        self._server = gevent.socket.socket(fileno=server.detach())
+        self._open = True
+        self.replies = self  # the test's side: replies.put(...)
 
     def send_command(self, *args, check_health=True):
         self.sent.append(args)
         if args[0] in ("SUBSCRIBE", "UNSUBSCRIBE", "SSUBSCRIBE", "SUNSUBSCRIBE"):
             for n, channel in enumerate(args[1:], 1):
-                self.replies.put([args[0].lower().encode(), channel.encode(), n])
+                self.put([args[0].lower().encode(), channel.encode(), n])
 
-    def read_response(self):
-        reply = self.replies.get()
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
+    def put(self, reply) -> None:
+        if isinstance(reply, redis.ResponseError):
+            self._server.sendall(b"-%s\r\n" % str(reply).encode())
+        elif isinstance(reply, Exception):
+            self._open = False
+            self._server.close()
+        elif self._open:
+            self._server.sendall(resp(reply))
+
+    def settle(self) -> None:
+        """Until the hub has read everything written to it (it handles what it reads at once)."""
+        with gevent.Timeout(5, AssertionError("the hub did not read its connection")):
+            gevent.sleep(0)
+            while not self._sock._closed and unread(self._sock):
+                gevent.sleep(0.001)
 
     def disconnect(self):
-        pass
+        self._sock.close()
 
     def commands(self, name):
         return [a for a in self.sent if a[0] == name]
+
+
+def resp(reply) -> bytes:
+    if isinstance(reply, list):
+        return b"*%d\r\n" % len(reply) + b"".join(resp(r) for r in reply)
+    if isinstance(reply, int):
+        return b":%d\r\n" % reply
+    return b"$%d\r\n%s\r\n" % (len(reply), reply)
+
+
+def unread(sock: socket.socket) -> int:
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
 @pytest.fixture
@@ -64,7 +97,7 @@ def hub(conns):
 def publish(conn: ScriptedPubSub, user_id: int, event: Event | bytes) -> None:
     payload = event if isinstance(event, bytes) else event.to_json().encode()
     conn.replies.put([b"message", f"notifications:{user_id}".encode(), payload])
-    gevent.sleep(0)  # let the listener read it
+    conn.settle()
 
 
 def ev(i: int, name: str = "unread_message_count") -> Event:
@@ -142,7 +175,7 @@ def test_reconnect_resubscribes_and_asks_streams_to_reread(hub, conns):
     conns[0].replies.put(redis.ConnectionError("Connection reset by peer"))
     while len(conns) < 2 or not hub.connected.is_set():
         gevent.sleep(0.01)
-    gevent.sleep(0)
+    conns[1].settle()
     assert conns[1].commands("SUBSCRIBE") == [("SUBSCRIBE", "notifications:1", "notifications:2")]
     assert a.resync and b.resync
     publish(conns[1], 2, ev(9))
@@ -165,7 +198,7 @@ def test_subscribe_while_redis_is_away_returns_and_catches_up_later(conns):
     assert not sub.resync
     while not hub.connected.is_set():
         gevent.sleep(0.01)
-    gevent.sleep(0)
+    conns[0].settle()
     assert conns[0].commands("SUBSCRIBE") == [("SUBSCRIBE", "notifications:7")]
     assert sub.resync, "what was published while away is read from the store"
     hub.stop()
