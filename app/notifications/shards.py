@@ -15,7 +15,7 @@ new subscription is confirmed, so nothing published meanwhile is lost.
 
 Why a listener per node rather than redis-py's ``ClusterPubSub.get_sharded_message``: that one
 polls the nodes' connections in turn, so a quiet node's poll timeout sits in front of a busy
-node's messages; a greenlet blocked on each node's socket reads every message as it arrives.
+node's messages; here the event loop reads each node's socket as soon as it is readable.
 """
 
 from __future__ import annotations

@@ -253,3 +253,48 @@ def test_a_failed_send_makes_the_listener_reconnect_and_resubscribe(hub, conns):
     assert conns[1].commands("SUBSCRIBE") == [("SUBSCRIBE", "notifications:1", "notifications:2")]
     publish(conns[1], 2, ev(4))
     assert sub2.drain() == [ev(4)]
+
+
+def test_a_connection_silent_for_three_ping_intervals_is_replaced_and_streams_reread(conns):
+    """A Redis that stops answering without closing (a dead host, a cut cable) is noticed."""
+
+    def connect():
+        conns.append(ScriptedPubSub())
+        return conns[-1]
+
+    hub = Hub(connect, ping_interval=0.05, subscribe_timeout=1, min_backoff=0.01, max_backoff=0.02)
+    try:
+        sub = hub.subscribe(3)
+        conns[0].settle()
+        sub.resync = False
+        with gevent.Timeout(5, AssertionError("the silent connection was never replaced")):
+            while len(conns) < 2 or not hub.connected.is_set():
+                gevent.sleep(0.01)
+        conns[1].settle()
+        assert conns[0].commands("PING"), "the pinger asked"
+        assert conns[1].commands("SUBSCRIBE") == [("SUBSCRIBE", "notifications:3")]
+        assert sub.resync, "what was published meanwhile is read from the store"
+    finally:
+        hub.stop()
+
+
+def test_a_connection_that_answers_its_pings_is_kept(conns):
+    class Answering(ScriptedPubSub):
+        def send_command(self, *args, check_health=True):
+            super().send_command(*args, check_health=check_health)
+            if args[0] == "PING":
+                self.put([b"pong", b""])
+
+    def connect():
+        conns.append(Answering())
+        return conns[-1]
+
+    hub = Hub(connect, ping_interval=0.05, subscribe_timeout=1, min_backoff=0.01, max_backoff=0.02)
+    try:
+        hub.subscribe(3)
+        with gevent.Timeout(5, AssertionError("not enough pings")):
+            while len(conns[0].commands("PING")) < 8:  # more than twice the silence allowed
+                gevent.sleep(0.01)
+        assert len(conns) == 1 and hub.connected.is_set()
+    finally:
+        hub.stop()
