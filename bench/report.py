@@ -242,9 +242,9 @@ def _scaleout(so: dict) -> list[str]:
         "## Scale-out: 2 web hosts, a 3-master cluster",
         "",
         f"{so['streams']} streams over 2 hosts (network namespaces, {so['workers_per_host']} gunicorn worker "
-        "each), 10 tabs per user split over the hosts; the same 2 cores carry both hosts, every Redis "
-        "process and the load clients. Redis CPU: cores each Redis process used during the "
-        "publish→event run.",
+        "each), 10 tabs per user split over the hosts; the cluster has no replicas, like the single "
+        "Redis; the same 2 cores carry both hosts, every Redis process, the publisher and the load "
+        "clients. Redis CPU: cores each Redis process used during the publish→event run.",
         "",
         "| way | publish→event p50 / p99 / max (ms) | at deliveries/s | lost | highest rate, p99 ≤ 100 ms, "
         "0 lost | Redis CPU (cores) | web hosts' CPU (cores) | publisher's CPU (cores) "

@@ -5,7 +5,7 @@ while that user has an open stream in this worker (reference-counted) and offers
 message to the user's streams. A listener greenlet holds the connection (connects,
 subscribes, reconnects); the replies are read and handled by the event loop itself, as
 the socket becomes readable (``_Reading``), like the streams' own writes.
-Offering never blocks the listener: an open stream writes to its socket without waiting
+Offering never blocks the event loop: an open stream writes to its socket without waiting
 (see ``live.py``), and a stream still being opened keeps the latest event per key.
 When Redis goes away the listener reconnects with capped exponential backoff,
 re-subscribes, and asks every stream to re-read the store, so nothing stored is lost.
