@@ -55,11 +55,13 @@ class ScriptedPubSub:
         """Until the hub has read everything written to it (it handles what it reads at once)."""
         with gevent.Timeout(5, AssertionError("the hub did not read its connection")):
             gevent.sleep(0)
-            while not self._sock._closed and unread(self._sock):
+            while self._sock.fileno() != -1 and unread(self._sock):
                 gevent.sleep(0.001)
 
     def disconnect(self):
+        self._open = False
         self._sock.close()
+        self._server.close()
 
     def commands(self, name):
         return [a for a in self.sent if a[0] == name]
