@@ -493,6 +493,17 @@ class LiveServer(_Logged):
         """The worker processes."""
         return self.children()
 
+    def worker_of(self, client: socket.socket) -> int | None:
+        """The pid of the worker holding the other end of ``client``'s connection."""
+        port = client.getsockname()[1]
+        for worker in self.workers():
+            try:
+                if any(c.raddr and c.raddr.port == port for c in worker.net_connections("tcp")):
+                    return worker.pid
+            except psutil.NoSuchProcess:
+                pass
+        return None
+
     def live_worker_pids(self) -> set[int]:
         """The pids of the workers still running (not yet reaped ones left out)."""
         pids = set()

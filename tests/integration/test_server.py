@@ -104,7 +104,13 @@ def test_with_two_workers_a_max_requests_restart_carries_the_streams_to_the_sibl
     try:
         alice, bob = users(live.url, "sibling_a", "sibling_b")
         first = set(live.workers())
-        streams = [opened(bob) for _ in range(8)]  # on both workers, as connections are accepted
+        # Streams on both workers, so that whichever restarts has some to carry.
+        streams, holders = [], set()
+        while len(streams) < 8 or len(holders) < 2:
+            assert len(streams) < 40, "forty streams, all accepted by one worker"
+            streams.append(opened(bob))
+            holders.add(live.worker_of(streams[-1].sock))
+            holders.discard(None)
         while "Autorestarting worker" not in live.log():
             assert alice.http.get("/").status_code == 200
         wait_until(lambda: set(live.workers()) - first, 20, "a new worker in place of the restarted one")
