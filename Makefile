@@ -6,7 +6,7 @@ PORT ?= 8000
 
 BENCH_VENV ?= .venv-bench
 
-.PHONY: run run-proxy nginx test lint browser bench bench-quick bench-proxy faults faults-quick clean
+.PHONY: run run-proxy nginx tools test test-fast lint bench bench-quick bench-proxy faults faults-quick clean
 
 $(VENV)/.run-deps: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,10 +29,22 @@ run-proxy: $(VENV)/.run-deps nginx
 nginx:
 	test -x /usr/sbin/nginx -a -x /usr/bin/openssl || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx openssl)
 
-# The page script's browser-free parts with node's own runner, then the Python suite.
-test: $(VENV)/.dev-deps
+# Debian's chromium, nginx, openssl and redis-server 7 for the browser, proxy and cluster tests:
+# installed when run as root with apt, else named (their tests then skip, saying so).
+tools: $(VENV)/.run-deps
+	@$(PY) -m harness.tools
+
+# The whole suite: the page script's browser-free parts with node's own runner, then pytest
+# against Redis and PostgreSQL servers it starts itself unless TEST_REDIS_URL / TEST_DATABASE_URL
+# name others. PYTEST_ARGS adds options (CI: the slowest tests' durations).
+test: $(VENV)/.dev-deps tools
 	node --test tests/js/
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The edit loop's tier: the JS and unit tests (fakeredis, SQLite and the session's PostgreSQL).
+test-fast: $(VENV)/.dev-deps
+	node --test tests/js/
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-deps
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
@@ -60,10 +72,6 @@ faults: $(VENV)/.dev-deps
 
 faults-quick: $(VENV)/.dev-deps
 	$(PY) -m bench.faults --quick
-
-# Debian's Chromium for the e2e tests (needs root; CI runs it from .ci/run).
-browser:
-	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache

@@ -226,7 +226,8 @@ class Client:
                     self.poll_errors += 1
                 finally:
                     sock.close()
-                gevent.sleep(max(0.0, interval - (time.time() - t0)))
+                # The next poll, or the end of the run if that comes first.
+                gevent.sleep(max(0.0, min(t0 + interval, deadline) - time.time()))
 
         gevent.joinall([gevent.spawn(poller, s) for s in specs])
         return {"requests": self.poll_requests, "errors": self.poll_errors, "latencies": latencies}

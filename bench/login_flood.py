@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.servers import free_port, wait_until
+from harness.servers import free_port, wait_until
 
 CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import httpx
 import redis
 
-from tests.helpers import WebUser, slow_bodies, user_id
-from tests.servers import LiveServer, NginxServer, RedisServer, make_server_env
+from harness.clients import WebUser, slow_bodies, user_id
+from harness.servers import LiveServer, NginxServer, RedisServer, make_server_env
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "benchmarks" / "proxy.md"

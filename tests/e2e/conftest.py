@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from tests.conftest import IN_CI
+from harness import tools
+from harness.servers import make_server_env
+from tests.conftest import need, reset_database
 from tests.integration.conftest import (  # noqa: F401
     make_user,
     proxied,
     redis_url,
     server,
-    server_env,
     sqlite_env,
 )
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = "/usr/bin/chromium"
 # As root on a closed network Chromium needs these (see README, "Tests").
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -31,17 +29,22 @@ CHROMIUM_ARGS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def server_env(tmp_path_factory, redis_url, postgres_url) -> dict[str, str]:  # noqa: F811
+    """The browser tests run once, on PostgreSQL (production's database): what they check is the
+    page's; the integration tests run the same server code on SQLite and on PostgreSQL."""
+    reset_database(postgres_url)
+    return make_server_env(tmp_path_factory.mktemp("server"), postgres_url, redis_url)
+
+
 @pytest.fixture(scope="session")
 def browser():
     """One headless Chromium for the session (never Playwright's own browser download)."""
-    if not os.path.exists(CHROMIUM):
-        if IN_CI:
-            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium (make browser)")
-        pytest.skip(f"{CHROMIUM} is missing: run `make browser` (as root) to install Debian's chromium")
+    need(tools.CHROMIUM)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        browser = p.chromium.launch(executable_path=tools.CHROMIUM.path(), args=CHROMIUM_ARGS, headless=True)
         yield browser
         browser.close()
 
@@ -51,9 +54,12 @@ def login_page(browser, server):  # noqa: F811
     """Open a fresh browser context logged in as a user."""
     contexts = []
 
-    def open_as(user, init_script: str | None = None, stream: bool = True):
+    def open_as(user, init_script: str | None = None, stream: bool = True, clock: bool = False):
+        """``clock``: the pages' timers run on Playwright's clock, which the test may move on."""
         context = browser.new_context(base_url=server.url)
         contexts.append(context)
+        if clock:
+            context.clock.install()
         if init_script:
             context.add_init_script(init_script)
         page = log_in(context.new_page(), user, server.url)

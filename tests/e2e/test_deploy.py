@@ -8,8 +8,8 @@ import signal
 import pytest
 from playwright.sync_api import expect
 
+from harness.servers import LiveServer, wait_until
 from tests.e2e.test_live_badge import send_through_the_form
-from tests.servers import LiveServer, wait_until
 
 
 @pytest.fixture(scope="module")

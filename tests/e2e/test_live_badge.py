@@ -7,6 +7,7 @@ from pathlib import Path
 
 from playwright.sync_api import expect
 
+from harness.servers import wait_until
 from tests.e2e.conftest import wait_for_stream
 
 HTML_BODY = '<img src=x onerror="window.pwned=1"><b>bold</b>'
@@ -93,8 +94,8 @@ def test_phone_width_navbar_collapses_and_still_shows_the_badge(make_user, login
 
 
 def test_export_progress_bar_moves_then_offers_the_download(make_user, login_page, server_env):
+    from harness.servers import WorkerProcess
     from tests.integration.test_workers import add_messages
-    from tests.servers import WorkerProcess
 
     alice, bob = make_user("alice"), make_user("bob")
     add_messages(server_env["DATABASE_URL"], alice.username, bob.username, 150)
@@ -129,8 +130,14 @@ def test_export_progress_bar_moves_then_offers_the_download(make_user, login_pag
 
 def test_without_eventsource_the_page_falls_back_to_polling(make_user, login_page):
     alice, bob = make_user("alice"), make_user("bob")
-    page = login_page(bob, init_script="delete window.EventSource;", stream=False)
+    page = login_page(bob, init_script="delete window.EventSource;", stream=False, clock=True)
     alice.send(bob.username, "polled")
-    # Polls come every 10 s.
-    expect(page.locator("#message_count")).to_have_text("1", timeout=15_000)
+    badge = page.locator("#message_count")
+
+    def polled() -> bool:
+        # Polls come every 10 s of the page's clock: move it on rather than wait.
+        page.clock.fast_forward(10_000)
+        return badge.inner_text() == "1"
+
+    wait_until(polled, 10, "a poll to bring the count")
     assert page.get_attribute("body", "data-stream-state") is None, "no EventSource was opened"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
+from harness.clients import WebUser
 from tests.e2e.conftest import log_in, wait_for_stream
-from tests.helpers import WebUser
 
 TABS = 12
 NO_SHARING = "delete navigator.__proto__.locks; delete window.BroadcastChannel;"

@@ -10,10 +10,10 @@ import redis
 import sqlalchemy as sa
 from playwright.sync_api import expect
 
+from harness.clients import user_id
+from harness.servers import LiveServer
 from tests.e2e.conftest import wait_for_stream
 from tests.e2e.test_proxy_tabs import NO_SHARING
-from tests.helpers import user_id
-from tests.servers import LiveServer
 
 TABS = 12
 

@@ -1,15 +1,18 @@
-"""A live gunicorn+gevent server on real Redis, on SQLite and (in CI) PostgreSQL."""
+"""A live gunicorn+gevent server on real Redis, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import itertools
+import os
+from collections.abc import Iterator
 
 import pytest
 import redis
 
-from tests.conftest import require_env, reset_database
-from tests.helpers import WebUser
-from tests.servers import LiveServer, NginxServer, make_server_env
+from harness.clients import WebUser
+from harness.servers import LiveServer, NginxServer, RedisServer, make_server_env
+from harness.tools import NGINX, OPENSSL
+from tests.conftest import need, reset_database
 
 pytestmark = pytest.mark.integration
 
@@ -17,11 +20,17 @@ _names = itertools.count()
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    """The machine's Redis, in a dedicated database the suite flushes."""
-    url = require_env("TEST_REDIS_URL", "Redis integration")
-    redis.Redis.from_url(url).flushdb()
-    return url
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    """``TEST_REDIS_URL`` (CI: a database of the machine's Redis, flushed first), or a private
+    redis-server that lives for the session."""
+    url = os.environ.get("TEST_REDIS_URL")
+    if url:
+        redis.Redis.from_url(url).flushdb()
+        yield url
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server.url
+    server.kill()
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -31,7 +40,7 @@ def server_env(request, tmp_path_factory, redis_url) -> dict[str, str]:
     if request.param == "sqlite":
         database_url = f"sqlite:///{tmp / 'tidings.db'}"
     else:
-        database_url = require_env("TEST_DATABASE_URL", "PostgreSQL")
+        database_url = request.getfixturevalue("postgres_url")
         reset_database(database_url)
     return make_server_env(tmp, database_url, redis_url)
 
@@ -54,6 +63,7 @@ def server(server_env, tmp_path_factory):
 @pytest.fixture(scope="module")
 def proxied(sqlite_env, tmp_path_factory):
     """gunicorn (trusting one proxy) behind Debian's nginx with deploy/nginx/tidings.conf."""
+    need(NGINX, OPENSSL)
     logs = tmp_path_factory.mktemp("proxied")
     web = LiveServer({**sqlite_env, "TRUSTED_PROXIES": "1"}, logs / "gunicorn.log").start()
     nginx = NginxServer(tmp_path_factory.mktemp("nginx"), [f"127.0.0.1:{web.port}"]).start()

@@ -9,8 +9,8 @@ import httpx
 import pytest
 import redis
 
-from tests.helpers import WebUser, user_id
-from tests.servers import LiveServer, wait_until
+from harness.clients import WebUser, user_id
+from harness.servers import LiveServer, wait_until
 
 HOSTILE = [
     b'{"name":"announcement","data":1e999}',

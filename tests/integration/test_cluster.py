@@ -14,14 +14,15 @@ import time
 import pytest
 import redis
 
-from tests.helpers import WebUser, registered, user_id
-from tests.servers import ROOT, LiveServer, RedisCluster, wait_until
+from harness.clients import WebUser, registered, user_id
+from harness.servers import ROOT, LiveServer, RedisCluster, wait_until
+from harness.tools import REDIS7
+from tests.conftest import need
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    if not RedisCluster.SERVER.exists():
-        pytest.fail("Debian's redis-server 7 (/usr/bin/redis-server) is needed for the cluster tests")
+    need(REDIS7)
     nodes = RedisCluster(tmp_path_factory.mktemp("cluster")).start()
     yield nodes
     nodes.stop()

@@ -1,6 +1,6 @@
 """Several web hosts behind nginx, on a Redis Cluster, with no sticky sessions.
 
-Each host is a network namespace on a test bridge (tests/servers.py ``Network``): its gunicorn
+Each host is a network namespace on a test bridge (harness/servers.py ``Network``): its gunicorn
 reaches the cluster, the queue's Redis and PostgreSQL over a real network path, and nginx
 (in this namespace) round-robins browsers over the hosts.
 """
@@ -17,8 +17,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.helpers import SSE, WebUser, registered
-from tests.servers import (
+from harness import tools
+from harness.clients import SSE, WebUser, registered
+from harness.servers import (
     LiveServer,
     Network,
     NginxServer,
@@ -28,11 +29,13 @@ from tests.servers import (
     make_server_env,
     wait_until,
 )
+from tests.conftest import need
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """Two hosts, a 3+3 cluster, a queue Redis, PostgreSQL and nginx; yields them in a dict."""
+    need(tools.ROOT, tools.REDIS7, tools.NGINX, tools.OPENSSL)
     tmp = tmp_path_factory.mktemp("hosts")
     tmp.chmod(0o755)
     net = Network().start()

@@ -10,8 +10,10 @@ import httpx
 import pytest
 import redis
 
-from tests.helpers import WebUser, slow_bodies, user_id
-from tests.servers import LiveServer, NginxServer, RedisServer, wait_until
+from harness.clients import WebUser, slow_bodies, user_id
+from harness.servers import LiveServer, NginxServer, RedisServer, wait_until
+from harness.tools import NGINX, OPENSSL
+from tests.conftest import need
 
 _names = iter(range(10**6))
 
@@ -82,7 +84,7 @@ def test_pages_through_nginx_carry_hsts_and_the_apps_headers_and_static_files_co
 def test_the_app_knows_the_browser_speaks_https_through_the_proxy(proxied):
     # ProxyFix trusts nginx's X-Forwarded-Proto, so Flask-WTF applies its HTTPS rule: a form
     # posted without this site as its Referer is refused (a browser always sends it).
-    from tests.helpers import csrf_token
+    from harness.clients import csrf_token
 
     web, nginx = proxied
     client = httpx.Client(base_url=nginx.url, http2=True, verify=False)
@@ -97,6 +99,7 @@ def test_the_app_knows_the_browser_speaks_https_through_the_proxy(proxied):
 
 def test_nginx_holds_slow_request_bodies_so_pages_stay_up(sqlite_env, tmp_path):
     # One worker serving 20 requests at once: 40 slow bodies fill it when it is served directly.
+    need(NGINX, OPENSSL)
     env = {**sqlite_env, "TRUSTED_PROXIES": "1", "WEB_CONCURRENCY": "1", "WORKER_CONNECTIONS": "20"}
     web = LiveServer(env, tmp_path / "gunicorn.log").start()
     nginx = NginxServer(tmp_path / "nginx", [f"127.0.0.1:{web.port}"]).start()

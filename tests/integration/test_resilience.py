@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from tests.helpers import WebUser
-from tests.servers import LiveServer, RedisServer
+from harness.clients import WebUser
+from harness.servers import LiveServer, RedisServer
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import http.client
+import signal
 import subprocess
 
 import httpx
 import pytest
 import redis
 
-from tests.helpers import SSE, WebUser, user_id
-from tests.servers import BIN, ROOT, LiveServer, free_port, wait_until
+from harness.clients import SSE, WebUser, user_id
+from harness.servers import BIN, ROOT, LiveServer, free_port, make_certificate, wait_until
+from harness.tools import OPENSSL
+from tests.conftest import need
 
 
 def users(url: str, *names: str) -> list[WebUser]:
@@ -157,13 +161,9 @@ def test_a_failure_right_after_the_hand_over_releases_the_socket_and_subscriptio
 def test_tls_at_gunicorn_is_refused_at_boot_pointing_at_the_proxy(sqlite_env, tmp_path):
     import os
 
+    need(OPENSSL)
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
-        + ["-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )
+    make_certificate(cert, key)
     env = {**os.environ, **sqlite_env, "PORT": str(free_port())}
     proc = subprocess.run(
         [BIN / "gunicorn", "-c", "gunicorn.conf.py", "--certfile", cert, "--keyfile", key, "wsgi:app"],
@@ -176,3 +176,25 @@ def test_tls_at_gunicorn_is_refused_at_boot_pointing_at_the_proxy(sqlite_env, tm
     assert proc.returncode != 0  # 3 (boot error), or 1 when the arbiter halts from its signal handler
     assert "Tidings does not serve TLS from gunicorn" in proc.stderr
     assert "Terminate TLS at the proxy" in proc.stderr
+
+
+def test_a_deploy_closes_idle_keep_alive_connections_at_once_and_answers_the_ones_in_use(
+    sqlite_env, tmp_path
+):
+    # Keep-alive far longer than the test may take: only the stopping worker can end the wait.
+    env = {**sqlite_env, "WEB_CONCURRENCY": "1"}
+    live = LiveServer(env, tmp_path / "gunicorn.log", "--keep-alive", "300").start()
+    try:
+        idle = http.client.HTTPConnection("127.0.0.1", live.port, timeout=60)
+        idle.request("GET", "/healthz")
+        assert idle.getresponse().read() and idle.sock is not None  # kept alive
+        old = live.live_worker_pids()
+        live.proc.send_signal(signal.SIGHUP)
+        assert idle.sock.recv(1) == b"", "the stopping worker closed the idle connection"
+        wait_until(
+            lambda: live.live_worker_pids() and not live.live_worker_pids() & old, 60, "the new worker"
+        )
+        # A browser's next request opens a new connection, served by the new worker.
+        assert live.get("/healthz").status_code == 200
+    finally:
+        live.stop()

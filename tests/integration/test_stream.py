@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from tests.helpers import SSE, WebUser
+from harness.clients import SSE, WebUser
 
 
 def open_stream(user, **kwargs) -> SSE:
@@ -211,7 +211,7 @@ def test_non_gevent_workers_are_refused_at_boot(server_env, worker_class, tmp_pa
     import os
     import subprocess
 
-    from tests.servers import BIN, ROOT, free_port
+    from harness.servers import BIN, ROOT, free_port
 
     env = {**os.environ, **server_env, "PORT": str(free_port())}
     proc = subprocess.run(
@@ -228,8 +228,8 @@ def test_non_gevent_workers_are_refused_at_boot(server_env, worker_class, tmp_pa
 
 
 def test_a_vanished_client_releases_its_subscription(make_user, redis_url, server_env):
-    from tests.helpers import user_id
-    from tests.servers import wait_until
+    from harness.clients import user_id
+    from harness.servers import wait_until
 
     r = redis.Redis.from_url(redis_url)
     bob = make_user("bob")
@@ -247,7 +247,7 @@ def test_a_vanished_client_releases_its_subscription(make_user, redis_url, serve
 
 
 def test_open_streams_do_not_take_the_workers_request_slots(server_env, tmp_path):
-    from tests.servers import LiveServer
+    from harness.servers import LiveServer
 
     env = {**server_env, "WEB_CONCURRENCY": "1", "WORKER_CONNECTIONS": "3"}
     live = LiveServer(env, tmp_path / "gunicorn.log").start()
@@ -275,7 +275,7 @@ def test_an_unreadable_store_and_a_full_worker_answer_503_json_then_recover(serv
     import sqlalchemy as sa
 
     expect_log(r"could not read the notification store for a stream")
-    from tests.servers import LiveServer, wait_until
+    from harness.servers import LiveServer, wait_until
 
     def rename(old: str, new: str) -> None:
         engine = sa.create_engine(server_env["DATABASE_URL"])

