@@ -50,6 +50,21 @@ def init_app(app: Flask) -> None:
             raise click.ClickException(str(exc)) from None
         click.echo(f"stored and published notification {event.id} ({name}) for {username}")
 
+    @app.cli.group("limits")
+    def limits_group() -> None:
+        """Rate limits and login throttling."""
+
+    @limits_group.command("lift")
+    @click.option("--account", help="a username: its failed-login counters start afresh")
+    @click.option("--address", help="a client address: its network's counters start afresh")
+    def lift_command(account: str | None, address: str | None) -> None:
+        """Lift login throttling on an account and/or a client network (IPv6: its /64)."""
+        from app.auth.throttle import lift
+
+        if not account and not address:
+            raise click.UsageError("name --account, --address or both")
+        click.echo("lifted: " + ", ".join(lift(account=account, address=address)))
+
     @app.cli.command("follow")
     @click.argument("username")
     @click.option(

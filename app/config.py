@@ -47,11 +47,20 @@ def _secret_key(instance_path: Path) -> str:
 # Every rate limit, as Flask-Limiter's strings ("N per second|minute|hour|day", ";" between several).
 RATE_LIMITS = {
     "LOGIN_RATE_PER_ADDRESS": "30 per minute",  # login attempts from one client address
-    "LOGIN_RATE_PER_ACCOUNT": "10 per minute",  # login attempts naming one account, from anywhere
     "REGISTER_RATE": "10 per hour",  # registrations from one client address
     "SEND_RATE": "30 per minute",  # private messages one user sends
     "EXPORT_RATE": "10 per hour",  # exports one user starts
     "STREAM_RATE": "120 per minute",  # /stream connections one user opens
+}
+
+
+# Login throttling (app/auth/throttle.py); README "Configuration" says what each means.
+LOGIN_THROTTLE = {
+    "LOGIN_FAILURE_WINDOW_SECONDS": 900,
+    "LOGIN_FREE_FAILURES": 5,
+    "LOGIN_MAX_DELAY_SECONDS": 60,
+    "LOGIN_DEVICE_FAILURES": 10,
+    "LOGIN_ACCOUNT_ALERT_FAILURES": 50,
 }
 
 
@@ -111,13 +120,18 @@ def load_config(instance_path: str) -> dict:
         "RATELIMIT_STORAGE_URI": os.environ.get("RATELIMIT_STORAGE_URI")
         or (redis_url.replace("redis://", "redis+cluster://", 1).rsplit("/", 1)[0] if cluster else redis_url),
         "RATELIMIT_KEY_PREFIX": "tidings-limits",
-        "RATELIMIT_HEADERS_ENABLED": True,
-        "RATELIMIT_HEADER_RETRY_AFTER_VALUE": "delta-seconds",
+        # X-RateLimit-* headers on every answer would tell an attacker when to strike next; only
+        # a 429 says when to come back (Retry-After).
+        "RATELIMIT_HEADERS_ENABLED": False,
         # Redis away: count in this process's memory until it is back (one warning when it goes,
         # one line when it returns), rather than answer 500 or log a traceback per request.
         "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
         "RATELIMIT_SWALLOW_ERRORS": True,
         **{name: os.environ.get(name) or default for name, default in RATE_LIMITS.items()},
+        # Failed logins (app/auth/throttle.py): counted per account and client network over a
+        # window; past the free ones a network waits 1, 2, 4 … s (up to the maximum) per attempt.
+        # Browsers that logged into the account before have their own budget and never wait.
+        **{name: _int_env(name, default) for name, default in LOGIN_THROTTLE.items()},
         # A bearer token that opens /metrics to other hosts (localhost may always read it).
         "METRICS_TOKEN": os.environ.get("METRICS_TOKEN") or None,
     }

@@ -7,16 +7,36 @@ blueprint); a page with a form gets the form back with the error on it, also ``4
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections.abc import Callable
 
-from flask import Response, current_app, make_response, request
+from flask import Response, current_app, make_response
 from flask_limiter import Limiter, RequestLimit
 from flask_limiter.util import get_remote_address
 from flask_login import current_user
 
-limiter = Limiter(key_func=get_remote_address)
+
+def network_of(address: str) -> str:
+    """The network a client is counted by: its IPv4 address, or its IPv6 /64 (one host's share)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+def client_network() -> str:
+    """This request's client network (``network_of`` its address)."""
+    return network_of(get_remote_address())
+
+
+limiter = Limiter(key_func=client_network)
 
 
 def setting(name: str) -> Callable[[], str]:
@@ -28,17 +48,13 @@ def per_user() -> str:
     """The logged-in user (or, before login is checked, the client address)."""
     if current_user.is_authenticated:
         return f"user:{current_user.id}"
-    return f"address:{get_remote_address()}"
-
-
-def per_account() -> str:
-    """The account a login form names, whoever sends it (guessing one password from many addresses)."""
-    return "account:" + (request.form.get("username") or "").strip().lower()[:64]
+    return f"address:{client_network()}"
 
 
 def retry_after(limit: RequestLimit) -> int:
-    """Seconds until ``limit`` lets the next request through."""
-    return max(1, math.ceil(limit.reset_at - time.time()))
+    """Seconds until ``limit`` lets the next request through (never more than its period:
+    ``reset_at`` rounds up a second)."""
+    return max(1, min(math.ceil(limit.reset_at - time.time()), limit.limit.get_expiry()))
 
 
 def form_error(render: Callable[[str], str], what: str) -> Callable[[RequestLimit], Response | None]:

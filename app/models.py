@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
@@ -241,3 +242,18 @@ class Task(db.Model):
     def active(self) -> bool:
         """Whether the task is still waiting or running."""
         return self.status in self.ACTIVE
+
+
+def check_password(user: User | None, password: str) -> bool:
+    """Whether ``user`` exists and ``password`` is theirs. A missing user costs the same hashing
+    as a present one, so the answer's timing does not tell which usernames exist."""
+    if user is not None:
+        return user.check_password(password)
+    method = current_app.config.get("PASSWORD_HASH_METHOD", "scrypt")
+    if _DUMMY_HASHES.get(method) is None:
+        _DUMMY_HASHES[method] = generate_password_hash(secrets.token_urlsafe(16), method)
+    off_the_loop(check_password_hash, _DUMMY_HASHES[method], password)
+    return False
+
+
+_DUMMY_HASHES: dict[str, str] = {}  # a hash of a random password per hashing method

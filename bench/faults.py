@@ -98,7 +98,6 @@ class Site:
             "SEND_RATE": "100000 per minute",
             "STREAM_RATE": "100000 per minute",
             "LOGIN_RATE_PER_ADDRESS": "100000 per minute",
-            "LOGIN_RATE_PER_ACCOUNT": "100000 per minute",
             "REGISTER_RATE": "100000 per hour",
         }
         migrate({**os.environ, **self.env})

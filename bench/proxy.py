@@ -64,8 +64,7 @@ class Reader(threading.Thread):
 
 def latency(web: LiveServer, nginx: NginxServer, redis_url: str, events: int) -> dict:
     user = WebUser(web.url, "bench_proxy")
-    user.register()
-    user.login()
+    user.register()  # and logged in
     cookies = user.http.cookies
     direct = httpx.Client(base_url=web.url, cookies=cookies, timeout=30)
     proxied = httpx.Client(base_url=nginx.url, cookies=cookies, timeout=30, http2=True, verify=False)

@@ -82,7 +82,7 @@ def registered(base_url: str, username: str, **options) -> WebUser:
     """A new user, registered and logged in through the real forms (``options``: httpx's)."""
     user = WebUser(base_url, username, **options)
     assert user.register().status_code == 302, f"could not register {username}"
-    return user.login()
+    return user  # registering logs in
 
 
 @dataclass

@@ -54,13 +54,10 @@ def _existing(path: str) -> str | None:
     return path if os.access(path, os.X_OK) else None
 
 
-APT = "`make tools` as root installs it (apt-get install {})"
-CHROMIUM = Tool(
-    "chromium", APT.format("chromium") + "; the browser tests drive /usr/bin/chromium", "chromium"
-)
-NGINX = Tool("nginx", APT.format("nginx") + "; the proxy tests run Debian's nginx", "nginx")
-OPENSSL = Tool("openssl", APT.format("openssl") + "; test certificates are made with it", "openssl")
-REDIS7 = Tool("redis-server 7", APT.format("redis-server") + "; a Redis Cluster needs 7+", "redis-server")
+CHROMIUM = Tool("chromium", "the browser tests drive Debian's /usr/bin/chromium", "chromium")
+NGINX = Tool("nginx", "the proxy tests run Debian's nginx", "nginx")
+OPENSSL = Tool("openssl", "test certificates are made with it", "openssl")
+REDIS7 = Tool("redis-server 7", "the Redis Cluster tests need Debian's redis-server 7+", "redis-server")
 ROOT = Tool("root", "run the suite as root: test hosts are network namespaces (ip netns)")
 PACKAGED = [CHROMIUM, NGINX, OPENSSL, REDIS7]
 
@@ -95,11 +92,11 @@ def install_missing() -> int:
     if os.geteuid() == 0 and shutil.which("apt-get"):
         print(f"installing Debian packages the tests need: {names}", flush=True)
         quiet = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        try:
-            subprocess.run(["apt-get", "update", "-qq"], check=True, env=quiet)
-            subprocess.run(["apt-get", "install", "-y", "-qq", *names.split()], check=True, env=quiet)
-        except subprocess.CalledProcessError as exc:
-            print(f"apt-get failed ({exc}); the tests that need {names} will skip", flush=True)
+        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *names.split()]):
+            done = subprocess.run(command, env=quiet, capture_output=True, text=True)
+            if done.returncode:
+                print(f"{' '.join(command)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}", flush=True)
+                break
         _redis7.cache_clear()
         missing = [t for t in PACKAGED if t.missing()]
     for tool in missing:

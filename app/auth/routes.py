@@ -5,16 +5,17 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
-from flask import abort, flash, redirect, render_template, request, url_for
+from flask import Response, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy.exc import IntegrityError
 
 from app.auth import bp
 from app.auth.forms import LoginForm, LogoutForm, RegistrationForm
 from app.auth.sessions import end_every_login, end_login, start_login
+from app.auth.throttle import Attempt, per_address
 from app.extensions import db
-from app.limits import form_error, limiter, per_account, setting
-from app.models import User
+from app.limits import form_error, limiter, setting
+from app.models import User, check_password
 
 
 def safe_next(target: str | None) -> str | None:
@@ -45,10 +46,13 @@ def _login_page(error: str | None = None) -> str:
 
 @bp.route("/register", methods=["GET", "POST"])
 @limiter.limit(
-    setting("REGISTER_RATE"), methods=["POST"], on_breach=form_error(_register_page, "registrations")
+    setting("REGISTER_RATE"),
+    key_func=per_address,
+    methods=["POST"],
+    on_breach=form_error(_register_page, "registrations"),
 )
 def register():
-    """Create an account, then ask the user to log in."""
+    """Create an account and log it in."""
     if current_user.is_authenticated:
         return redirect(url_for("main.index"))
     form = RegistrationForm()
@@ -63,36 +67,46 @@ def register():
             db.session.rollback()
             form.username.errors.append("That username or email address was just taken.")
         else:
-            flash("Welcome to Tidings! You can log in now.", "success")
-            return redirect(url_for("auth.login"))
+            flash("Welcome to Tidings!", "success")
+            return _logged_in(user, Attempt(user.username), url_for("main.index"), remember=False)
     return render_template("auth/register.html", title="Register", form=form)
 
 
 @bp.route("/login", methods=["GET", "POST"])
 @limiter.limit(
-    setting("LOGIN_RATE_PER_ADDRESS"), methods=["POST"], on_breach=form_error(_login_page, "login attempts")
-)
-@limiter.limit(
-    setting("LOGIN_RATE_PER_ACCOUNT"),
-    key_func=per_account,
+    setting("LOGIN_RATE_PER_ADDRESS"),
+    key_func=per_address,
     methods=["POST"],
-    on_breach=form_error(_login_page, "login attempts for this account"),
+    on_breach=form_error(_login_page, "login attempts"),
 )
 def login():
-    """Log in; ``?next=`` is honoured for local paths only."""
+    """Log in; ``?next=`` is honoured for local paths only. Throttled by ``app.auth.throttle``."""
     next_page = safe_next(request.args.get("next"))
     if current_user.is_authenticated:
         return redirect(next_page or url_for("main.index"))
     form = LoginForm()
     if form.validate_on_submit():
+        attempt = Attempt(form.username.data)
+        wait = attempt.wait()
+        if wait:
+            message = f"Too many failed logins for this account. Please try again in {wait} seconds."
+            return _login_page(message), 429, {"Retry-After": str(wait)}
         user = db.session.scalar(sa.select(User).where(User.username == form.username.data))
-        if user is None or not user.check_password(form.password.data):
+        if not check_password(user, form.password.data):
+            attempt.failed()
             flash("Invalid username or password.", "danger")
             return render_template("auth/login.html", title="Log in", form=form), 200
-        start_login(user)
-        login_user(user, remember=form.remember_me.data)
-        return redirect(next_page or url_for("main.index"))
+        return _logged_in(user, attempt, next_page or url_for("main.index"), form.remember_me.data)
     return render_template("auth/login.html", title="Log in", form=form)
+
+
+def _logged_in(user: User, attempt: Attempt, target: str, remember: bool) -> Response:
+    """Start ``user``'s login in this browser, which is trusted for the account from now on."""
+    start_login(user)
+    login_user(user, remember=remember)
+    response = redirect(target)
+    attempt.remember(response)
+    return response
 
 
 @bp.route("/logout", methods=["GET", "POST"])

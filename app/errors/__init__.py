@@ -51,7 +51,17 @@ def _handle_http(exc: HTTPException):
         response = render_template("errors/error.html", code=status, name=exc.name, message=message)
     headers = exc.get_headers() if status in (405, 429) else []
     allow = [h for h in headers if h[0] in ("Allow", "Retry-After")]
+    if status == 429 and not any(name == "Retry-After" for name, _ in allow):
+        allow.append(("Retry-After", str(_seconds_to_retry())))
     return response, status, allow
+
+
+def _seconds_to_retry() -> int:
+    """When the limit this request broke lets it through (the limiter sends no headers itself)."""
+    from app.limits import limiter, retry_after
+
+    current = limiter.current_limit
+    return retry_after(current) if current is not None else 60
 
 
 def _handle_unexpected(exc: Exception):

@@ -16,8 +16,7 @@ def test_twelve_tabs_over_https_and_http2_each_with_its_own_stream_are_all_live(
     alice = WebUser(nginx.url, "tabs_alice", http2=True, verify=False)
     bob = WebUser(nginx.url, "tabs_bob", http2=True, verify=False)
     for user in (alice, bob):
-        assert user.register().status_code == 302
-    alice.login()
+        assert user.register().status_code == 302  # and logged in
 
     context = browser.new_context(base_url=nginx.url, ignore_https_errors=True)
     # Tabs would share one stream; here every tab must hold its own, to prove the proxy path.

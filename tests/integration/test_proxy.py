@@ -10,7 +10,7 @@ import httpx
 import pytest
 import redis
 
-from harness.clients import WebUser, slow_bodies, user_id
+from harness.clients import WebUser, registered, slow_bodies, user_id
 from harness.servers import LiveServer, NginxServer, RedisServer, wait_until
 from harness.tools import NGINX, OPENSSL
 from tests.conftest import need
@@ -20,9 +20,7 @@ _names = iter(range(10**6))
 
 def user(url: str, prefix: str, **options) -> WebUser:
     """A fresh user, registered and logged in at ``url``."""
-    u = WebUser(url, f"{prefix}{next(_names)}", **options)
-    assert u.register().status_code == 302
-    return u.login()
+    return registered(url, f"{prefix}{next(_names)}", **options)
 
 
 def h2_user(nginx: NginxServer, prefix: str) -> WebUser:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import redis
 
-from harness.clients import SSE, WebUser, user_id
+from harness.clients import SSE, WebUser, registered, user_id
 from harness.servers import BIN, ROOT, LiveServer, free_port, make_certificate, wait_until
 from harness.tools import OPENSSL
 from tests.conftest import need
@@ -20,9 +20,7 @@ def users(url: str, *names: str) -> list[WebUser]:
     """Fresh users registered and logged in through the forms of the server at ``url``."""
     made = []
     for name in names:
-        user = WebUser(url, name)
-        assert user.register().status_code == 302
-        made.append(user.login())
+        made.append(registered(url, name))
     return made
 
 

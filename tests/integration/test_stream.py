@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from harness.clients import SSE, WebUser
+from harness.clients import SSE, registered
 
 
 def open_stream(user, **kwargs) -> SSE:
@@ -252,10 +252,7 @@ def test_open_streams_do_not_take_the_workers_request_slots(server_env, tmp_path
     env = {**server_env, "WEB_CONCURRENCY": "1", "WORKER_CONNECTIONS": "3"}
     live = LiveServer(env, tmp_path / "gunicorn.log").start()
     try:
-        alice, bob = WebUser(live.url, "slots_a"), WebUser(live.url, "slots_b")
-        for user in (alice, bob):
-            assert user.register().status_code == 302
-            user.login()
+        alice, bob = registered(live.url, "slots_a"), registered(live.url, "slots_b")
         streams = []
         for _ in range(12):  # four times the requests the worker serves at once
             s = open_stream(bob)
@@ -286,9 +283,7 @@ def test_an_unreadable_store_and_a_full_worker_answer_503_json_then_recover(serv
     env = {**server_env, "WEB_CONCURRENCY": "1", "MAX_STREAMS_PER_WORKER": "2"}
     live = LiveServer(env, tmp_path / "gunicorn.log").start()
     try:
-        bob = WebUser(live.url, "full_b")
-        assert bob.register().status_code == 302
-        bob.login()
+        bob = registered(live.url, "full_b")
 
         rename("notification", "notification_away")
         try:

@@ -9,7 +9,7 @@ from harness.clients import csrf_token
 from tests.conftest import build_app, dispose
 
 
-def test_register_creates_account_and_logs_in_afterwards(client, app):
+def test_register_creates_the_account_and_logs_it_in(client, app):
     r = client.post(
         "/auth/register",
         data={
@@ -19,11 +19,13 @@ def test_register_creates_account_and_logs_in_afterwards(client, app):
             "password2": "s3cret-pass",
         },
     )
-    assert r.status_code == 302 and r.headers["Location"] == "/auth/login"
+    assert r.status_code == 302 and r.headers["Location"] == "/"
+    assert b"Hi, alice" in client.get("/").data
     with app.app_context():
         user = db.session.scalar(sa.select(User).where(User.username == "alice"))
         assert user.email == "alice@example.com"
         assert user.password_hash != "s3cret-pass" and user.check_password("s3cret-pass")
+    client.post("/auth/logout")
     r = client.post("/auth/login", data={"username": "alice", "password": "s3cret-pass"})
     assert r.status_code == 302
     assert b"Hi, alice" in client.get("/").data

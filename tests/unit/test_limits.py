@@ -11,7 +11,6 @@ JSON = {"Accept": "application/json"}
 def limits(config):
     """Tight limits for the test; ``config`` is read when the app is made."""
     config.update(
-        LOGIN_RATE_PER_ACCOUNT="3 per minute",
         LOGIN_RATE_PER_ADDRESS="5 per minute",
         REGISTER_RATE="2 per hour",
         SEND_RATE="2 per minute",
@@ -24,17 +23,6 @@ def limits(config):
 def assert_retry_after(r) -> None:
     assert r.status_code == 429
     assert 0 < int(r.headers["Retry-After"]) <= 3600
-
-
-def test_login_per_account_locks_that_account_even_with_the_right_password(limits, auth, client):
-    auth.create("alice")
-    auth.create("bob")
-    for _ in range(3):
-        assert b"Invalid username or password" in auth.login("alice", password="wrong").data
-    r = auth.login("alice")
-    assert_retry_after(r)
-    assert b"Too many login attempts for this account" in r.data and b'id="username"' in r.data
-    assert auth.login("bob").status_code == 302, "other accounts are not locked"
 
 
 def test_login_per_address_counts_every_account(limits, auth, client):

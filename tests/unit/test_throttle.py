@@ -1,0 +1,119 @@
+"""Login throttling (app/auth/throttle.py): attackers wait, the account's owner never does."""
+
+from __future__ import annotations
+
+import pytest
+from flask.testing import FlaskClient
+
+from app.auth.throttle import DEVICE_COOKIE, delay, lift
+from app.limits import network_of
+
+BOB_V6 = ["2001:db8:7:1::1", "2001:db8:7:1::2", "2001:db8:7:1:abcd::9"]  # one /64
+ATTACKERS = ["198.51.100.7", "203.0.113.9", *BOB_V6]
+
+
+@pytest.fixture
+def throttled(config):
+    """One trusted proxy, so each request may come from the address its X-Forwarded-For names."""
+    config.update(
+        TRUSTED_PROXIES=1,
+        LOGIN_RATE_PER_ADDRESS="1000 per minute",
+        LOGIN_FREE_FAILURES=3,
+        LOGIN_MAX_DELAY_SECONDS=8,
+        LOGIN_DEVICE_FAILURES=4,
+        LOGIN_ACCOUNT_ALERT_FAILURES=1000,
+    )
+    return config
+
+
+def attempt(client: FlaskClient, password: str, address: str = "192.0.2.1", username: str = "bob"):
+    return client.post(
+        "/auth/login",
+        data={"username": username, "password": password},
+        environ_base={"REMOTE_ADDR": "127.0.0.1"},
+        headers={"X-Forwarded-For": address},
+    )
+
+
+def test_ipv6_clients_are_counted_per_64_and_ipv4_per_address():
+    assert len({network_of(a) for a in BOB_V6}) == 1
+    assert network_of("198.51.100.7") == "198.51.100.7"
+    assert network_of("::ffff:198.51.100.7") == "198.51.100.7"
+    assert network_of("not an address") == "not an address"
+
+
+def test_an_attacker_never_keeps_bob_out_of_a_browser_he_used_before(throttled, app, auth):
+    auth.create("bob")
+    bob = app.test_client()
+    assert attempt(bob, auth.password).status_code == 302  # bob's browser, now known
+    assert bob.post("/auth/logout").status_code == 302
+    attacker = app.test_client()
+    for round_ in range(3):
+        for address in ATTACKERS:  # ten-plus failures a minute from several networks
+            r = attempt(attacker, "guess", address)
+            assert r.status_code in (200, 429)
+        # bob, from his own browser (even from the attacker's own /64), gets in at once every time.
+        r = attempt(bob, auth.password, BOB_V6[0])
+        assert r.status_code == 302, f"round {round_}: bob was refused"
+        assert bob.post("/auth/logout").status_code == 302
+
+
+def test_an_untrusted_network_waits_longer_after_each_failure_up_to_the_maximum(throttled, app, auth):
+    auth.create("bob")
+    attacker = app.test_client()
+    statuses = [attempt(attacker, "guess", BOB_V6[0]).status_code for _ in range(3)]
+    assert statuses == [200, 200, 200]
+    refused = attempt(attacker, "guess", BOB_V6[1])  # the same /64
+    assert refused.status_code == 429 and b"Too many failed logins" in refused.data
+    assert int(refused.headers["Retry-After"]) == 1
+    assert "X-RateLimit-Remaining" not in refused.headers
+    # Refusals do not prolong the wait; the right password from another network goes through.
+    assert attempt(app.test_client(), auth.password, "192.0.2.77").status_code == 302
+
+
+def test_the_wait_doubles_after_the_free_failures_and_is_capped():
+    assert [delay(n, 3, 8) for n in range(1, 9)] == [0, 0, 1, 2, 4, 8, 8, 8]
+    assert delay(10_000, 1, 60) == 60
+
+
+def test_a_known_browser_that_keeps_failing_loses_its_trust(throttled, app, auth):
+    auth.create("bob")
+    browser = app.test_client()
+    assert attempt(browser, auth.password).status_code == 302
+    assert browser.post("/auth/logout").status_code == 302
+    for _ in range(4):  # its own budget
+        assert attempt(browser, "guess").status_code == 200
+    # Now it counts as untrusted, and this network has used up its free failures too.
+    for _ in range(3):
+        attempt(browser, "guess")
+    assert attempt(browser, auth.password).status_code == 429
+
+
+def test_a_forged_device_cookie_trusts_nothing(throttled, app, auth):
+    auth.create("bob")
+    attacker = app.test_client()
+    attacker.set_cookie(DEVICE_COOKIE, "forged.value.here", path="/auth/")
+    for _ in range(3):
+        attempt(attacker, "guess")
+    assert attempt(attacker, auth.password).status_code == 429
+
+
+def test_lifting_an_account_or_a_network_lets_it_try_again_at_once(throttled, app, auth):
+    auth.create("bob")
+    attacker = app.test_client()
+    for _ in range(3):
+        attempt(attacker, "guess")
+    assert attempt(attacker, auth.password).status_code == 429
+    r = app.test_cli_runner().invoke(args=["limits", "lift", "--account", "bob"])
+    assert r.exit_code == 0 and "account bob" in r.output
+    assert attempt(attacker, auth.password).status_code == 302
+    assert attempt(app.test_client(), "guess", "192.0.2.9", username="carol").status_code == 200
+    with app.app_context(), app.test_request_context():
+        assert lift(address="2001:db8:7:1::5") == ["network 2001:db8:7:1::/64"]
+
+
+def test_only_failures_count(throttled, app, auth):
+    auth.create("bob")
+    for _ in range(10):
+        browser = app.test_client()  # new browsers, the right password each time
+        assert attempt(browser, auth.password).status_code == 302
