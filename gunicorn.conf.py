@@ -34,7 +34,14 @@ loglevel = os.environ.get("LOG_LEVEL", "info")
 
 
 def on_starting(server):
-    """Raise the open-files limit (every stream is a descriptor); give the workers a metrics folder."""
+    """Refuse to believe forwarded headers on an exposed address without an allow-list; raise the
+    open-files limit (every stream is a descriptor); give the workers a metrics folder."""
+    from app.config import refuse_exposed_proxy_trust
+
+    refusal = refuse_exposed_proxy_trust(list(server.cfg.bind), dict(os.environ))
+    if refusal:
+        server.log.critical("not starting: %s", refusal)
+        sys.exit(1)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

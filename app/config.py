@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 
@@ -64,6 +66,43 @@ LOGIN_THROTTLE = {
 }
 
 
+LOOPBACK = "127.0.0.1,::1"
+
+
+def proxy_networks(raw: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """``TRUSTED_PROXY_ADDRS``: addresses or networks (CIDR), separated by commas."""
+    try:
+        return [ipaddress.ip_network(part.strip(), strict=False) for part in raw.split(",") if part.strip()]
+    except ValueError as exc:
+        raise RuntimeError(f"TRUSTED_PROXY_ADDRS: {exc}") from None
+
+
+def refuse_exposed_proxy_trust(binds: list[str], environ: dict[str, str]) -> str | None:
+    """Why gunicorn must not start (else None): it believes a proxy's forwarded headers
+    (``TRUSTED_PROXIES``) on an address others can reach, with no ``TRUSTED_PROXY_ADDRS`` saying
+    which peers are the proxy; anyone reaching it directly could then pick their own address."""
+    if not int(environ.get("TRUSTED_PROXIES") or 0) or environ.get("TRUSTED_PROXY_ADDRS"):
+        return None
+    exposed = [bind for bind in binds if not _local_only(bind)]
+    if not exposed:
+        return None
+    return (
+        f"TRUSTED_PROXIES is set and gunicorn listens on {', '.join(exposed)}, which others can reach: "
+        "set TRUSTED_PROXY_ADDRS to the proxy's addresses (e.g. 10.0.0.5 or 10.0.0.0/24), or bind "
+        "to 127.0.0.1 / a unix socket behind a proxy on the same host"
+    )
+
+
+def _local_only(bind: str) -> bool:
+    if bind.startswith(("unix:", "fd://")):
+        return True
+    host = bind.rsplit(":", 1)[0].strip("[]") if ":" in bind else bind
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def load_config(instance_path: str) -> dict:
     """Build the app's configuration from the environment."""
     instance = Path(instance_path)
@@ -77,6 +116,7 @@ def load_config(instance_path: str) -> dict:
             "REDIS_CLUSTER=1 needs QUEUE_REDIS_URL: RQ keeps its queue in a plain (non-cluster) Redis"
         )
     return {
+        "APP_ENV": os.environ.get("APP_ENV") or None,
         "SECRET_KEY": _secret_key(instance),
         "SQLALCHEMY_DATABASE_URI": os.environ.get("DATABASE_URL") or f"sqlite:///{instance / 'tidings.db'}",
         "REDIS_URL": redis_url,
@@ -113,8 +153,14 @@ def load_config(instance_path: str) -> dict:
         "SESSION_COOKIE_SECURE": production,
         "REMEMBER_COOKIE_SECURE": production,
         "REMEMBER_COOKIE_HTTPONLY": True,
-        # Proxies in front whose X-Forwarded-* headers are trusted (1 behind nginx; 0: none).
+        # A login ends on the server this long after its last page, and this long after it began
+        # (app/models.py Login); the remember-me cookie lives as long as the second.
+        "LOGIN_IDLE_HOURS": _int_env("LOGIN_IDLE_HOURS", 72),
+        "LOGIN_ABSOLUTE_DAYS": _int_env("LOGIN_ABSOLUTE_DAYS", 30),
+        # Proxies in front whose X-Forwarded-* headers are trusted (1 behind nginx; 0: none), and
+        # the addresses they connect from (app/security.py): headers from anyone else are ignored.
         "TRUSTED_PROXIES": _int_env("TRUSTED_PROXIES", 0, minimum=0),
+        "TRUSTED_PROXY_ADDRS": proxy_networks(os.environ.get("TRUSTED_PROXY_ADDRS") or LOOPBACK),
         # Rate limits (Flask-Limiter, counted in Redis): RATELIMIT_ENABLED=0 turns them all off.
         "RATELIMIT_ENABLED": os.environ.get("RATELIMIT_ENABLED", "1") != "0",
         "RATELIMIT_STORAGE_URI": os.environ.get("RATELIMIT_STORAGE_URI")
@@ -132,6 +178,21 @@ def load_config(instance_path: str) -> dict:
         # window; past the free ones a network waits 1, 2, 4 … s (up to the maximum) per attempt.
         # Browsers that logged into the account before have their own budget and never wait.
         **{name: _int_env(name, default) for name, default in LOGIN_THROTTLE.items()},
+        "REMEMBER_COOKIE_DURATION": timedelta(days=_int_env("LOGIN_ABSOLUTE_DAYS", 30)),
+        # Mail (Flask-Mail's names): unset MAIL_SERVER shows mails in the worker's terminal.
+        "MAIL_SERVER": os.environ.get("MAIL_SERVER") or None,
+        "MAIL_PORT": _int_env("MAIL_PORT", 25),
+        "MAIL_USE_TLS": os.environ.get("MAIL_USE_TLS", "0") == "1",
+        "MAIL_USE_SSL": os.environ.get("MAIL_USE_SSL", "0") == "1",
+        "MAIL_USERNAME": os.environ.get("MAIL_USERNAME") or None,
+        "MAIL_PASSWORD": os.environ.get("MAIL_PASSWORD") or None,
+        "MAIL_DEFAULT_SENDER": os.environ.get("MAIL_DEFAULT_SENDER") or "Tidings <noreply@localhost>",
+        # Where links in mails point (e.g. https://tidings.example.org); unset: the host the request
+        # that asked for the mail named, which production should not rely on.
+        "PUBLIC_URL": (os.environ.get("PUBLIC_URL") or "").rstrip("/") or None,
+        # How long a password-reset link works (it also stops once used).
+        "RESET_TOKEN_SECONDS": _int_env("RESET_TOKEN_SECONDS", 1800),
+        "RESET_RATE": os.environ.get("RESET_RATE") or "5 per hour",
         # A bearer token that opens /metrics to other hosts (localhost may always read it).
         "METRICS_TOKEN": os.environ.get("METRICS_TOKEN") or None,
     }

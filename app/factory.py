@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 from app.config import load_config
 from app.extensions import bootstrap, csrf, db, login, migrate, realtime
 from app.limits import limiter
+from app.mail import mail
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -31,6 +32,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     csrf.init_app(app)
     limiter.init_app(app)
     bootstrap.init_app(app)
+    mail.init_app(app)
     realtime.init_app(app)
 
     from app.notifications import store as notification_store

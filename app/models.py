@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Collection
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -90,10 +90,12 @@ class User(UserMixin, db.Model):
 
 
 class Login(db.Model):
-    """One login: a browser's session (and remember-me cookie), until it is revoked.
+    """One login: a browser's session (and remember-me cookie), until it is revoked or expires.
 
     The cookies carry ``token``; every request looks it up, so a revoked login stops working
-    at once on every worker and host, copied cookies included.
+    at once on every worker and host, copied cookies included. A login also ends, on the server,
+    ``LOGIN_IDLE_HOURS`` after its last page (``last_used_at``, kept to the minute) and
+    ``LOGIN_ABSOLUTE_DAYS`` after it began, whatever its cookies say.
     """
 
     __tablename__ = "login"
@@ -103,15 +105,33 @@ class Login(db.Model):
     user_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey(User.id), index=True)
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime(), default=utcnow)
     revoked_at: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime())
+    last_used_at: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime())
 
     user: so.Mapped[User] = so.relationship()
 
 
 # Built once: every request runs one, and building a statement (and its cache key) costs as
 # much as running it on SQLite (docs/benchmarks: connect CPU per stream).
-_OPEN_LOGIN = (Login.token == sa.bindparam("token"), Login.revoked_at.is_(None))
-_USER_OF_LOGIN = sa.select(User).join(Login, Login.user_id == User.id).where(*_OPEN_LOGIN)
+_LAST_USED = sa.func.coalesce(Login.last_used_at, Login.created_at)
+_OPEN_LOGIN = (
+    Login.token == sa.bindparam("token"),
+    Login.revoked_at.is_(None),
+    Login.created_at > sa.bindparam("born_after", type_=UTCDateTime()),
+    _LAST_USED > sa.bindparam("used_after", type_=UTCDateTime()),
+)
+_USER_OF_LOGIN = sa.select(User, _LAST_USED).join(Login, Login.user_id == User.id).where(*_OPEN_LOGIN)
 _USER_ID_OF_LOGIN = RawSelect(sa.select(Login.user_id).where(*_OPEN_LOGIN))
+# How stale ``last_used_at`` may get before a page writes it again (one write a minute at most).
+_USE_RESOLUTION = timedelta(minutes=1)
+
+
+def _lifetimes() -> dict[str, datetime]:
+    """The bounds a login's start and last use must be past to be open now."""
+    now = utcnow()
+    return {
+        "born_after": now - timedelta(days=current_app.config["LOGIN_ABSOLUTE_DAYS"]),
+        "used_after": now - timedelta(hours=current_app.config["LOGIN_IDLE_HOURS"]),
+    }
 
 
 def _plausible(token: object) -> bool:
@@ -120,13 +140,19 @@ def _plausible(token: object) -> bool:
 
 @login.user_loader
 def load_user(token: str) -> User | None:
-    """Flask-Login hook: the user of a login that has not been revoked."""
+    """Flask-Login hook: the user of a login that is neither revoked nor expired; the login's
+    last use is recorded (to the minute)."""
     if not _plausible(token):
         return None
-    row = db.session.execute(_USER_OF_LOGIN, {"token": token}).scalar_one_or_none()
-    if row is not None:
-        row.login_token = token
-    return row
+    found = db.session.execute(_USER_OF_LOGIN, {"token": token, **_lifetimes()}).one_or_none()
+    if found is None:
+        return None
+    user, last_used = found
+    user.login_token = token
+    if utcnow() - last_used > _USE_RESOLUTION:
+        with db.engine.begin() as conn:  # its own short transaction, whatever the page does
+            conn.execute(sa.update(Login).where(Login.token == token).values(last_used_at=utcnow()))
+    return user
 
 
 def open_logins(tokens: Collection[str]) -> set[str]:
@@ -134,7 +160,13 @@ def open_logins(tokens: Collection[str]) -> set[str]:
     wanted = [t for t in tokens if _plausible(t)]
     if not wanted:
         return set()
-    query = sa.select(Login.token).where(Login.token.in_(wanted), Login.revoked_at.is_(None))
+    bounds = _lifetimes()
+    query = sa.select(Login.token).where(
+        Login.token.in_(wanted),
+        Login.revoked_at.is_(None),
+        Login.created_at > bounds["born_after"],
+        _LAST_USED > bounds["used_after"],
+    )
     with db.engine.connect() as conn:
         return set(conn.execute(query).scalars())
 
@@ -145,7 +177,7 @@ def user_id_of_login(token: object) -> int | None:
     thousand after a deploy."""
     if not _plausible(token):
         return None
-    rows = _USER_ID_OF_LOGIN.rows(db.engine, token=token)
+    rows = _USER_ID_OF_LOGIN.rows(db.engine, token=token, **_lifetimes())
     return rows[0][0] if rows else None
 
 

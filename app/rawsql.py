@@ -28,19 +28,27 @@ class RawSelect:
 
     def __init__(self, statement: sa.Select) -> None:
         self.statement = statement
-        self._compiled: dict[sa.engine.Dialect, tuple[str, tuple[str, ...] | None]] = {}
+        self._compiled: dict[sa.engine.Dialect, tuple[str, tuple[str, ...] | None, dict]] = {}
 
-    def _sql(self, dialect: sa.engine.Dialect) -> tuple[str, tuple[str, ...] | None]:
+    def _sql(self, dialect: sa.engine.Dialect) -> tuple[str, tuple[str, ...] | None, dict]:
         found = self._compiled.get(dialect)
         if found is None:
             compiled = self.statement.compile(dialect=dialect)
             order = tuple(compiled.positiontup) if compiled.positional else None
-            found = self._compiled[dialect] = (compiled.string, order)
+            # A typed parameter (a UTC datetime) goes to the driver as its type would send it.
+            processors = {
+                name: process
+                for name, bind in compiled.binds.items()
+                if (process := bind.type.bind_processor(dialect)) is not None
+            }
+            found = self._compiled[dialect] = (compiled.string, order, processors)
         return found
 
     def rows(self, engine: sa.Engine, **params: Any) -> list[tuple]:
         """The statement's rows for ``params`` (every bound name, by name)."""
-        sql, order = self._sql(engine.dialect)
+        sql, order, processors = self._sql(engine.dialect)
+        for name, process in processors.items():
+            params[name] = process(params[name])
         args = tuple(params[name] for name in order) if order is not None else params
         error = engine.dialect.loaded_dbapi.Error
         try:

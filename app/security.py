@@ -9,6 +9,8 @@ proxy in front (deploy/nginx/), which does both, and ``make run`` serves plain H
 
 from __future__ import annotations
 
+import ipaddress
+
 from flask import Flask, Response, request
 from flask.sessions import SecureCookieSessionInterface
 from flask_talisman import Talisman
@@ -70,7 +72,32 @@ def init_app(app: Flask) -> None:
     app.after_request(_no_store)
     proxies = app.config["TRUSTED_PROXIES"]
     if proxies:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies, x_port=proxies)
+        app.wsgi_app = TrustedProxies(app.wsgi_app, proxies, app.config["TRUSTED_PROXY_ADDRS"])
+
+
+class TrustedProxies:
+    """ProxyFix for requests that come from an allowed proxy address (``TRUSTED_PROXY_ADDRS``,
+    as gunicorn's ``forwarded_allow_ips``); anyone else's X-Forwarded-* headers are ignored and
+    the request keeps the address it came from."""
+
+    def __init__(self, wsgi_app, count: int, networks: list) -> None:
+        self.direct = wsgi_app
+        self.proxied = ProxyFix(wsgi_app, x_for=count, x_proto=count, x_host=count, x_port=count)
+        self.networks = networks
+
+    def __call__(self, environ: dict, start_response):
+        if self._from_proxy(environ.get("REMOTE_ADDR") or ""):
+            return self.proxied(environ, start_response)
+        return self.direct(environ, start_response)
+
+    def _from_proxy(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self.networks)
 
 
 def _no_store(response: Response) -> Response:

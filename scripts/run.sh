@@ -3,6 +3,8 @@
 # `make run-proxy` (TIDINGS_PROXY=1): the same, with Debian's nginx in front on https://127.0.0.1:8443.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The database, the secret key and exports are yours alone.
+umask 077
 export PORT="${PORT:-8000}"
 export EMBEDDED_REDIS_PORT="${EMBEDDED_REDIS_PORT:-6380}"
 export ACCESS_LOG="${ACCESS_LOG:--}"

@@ -67,8 +67,10 @@ def main() -> None:
         connection=connection,
         name=name,
         work_horse_killed_handler=on_work_horse_killed,
-        # How often abandoned jobs (their worker died) are found and their tasks failed.
+        # How often abandoned jobs (their worker died) are found and their tasks failed, and
+        # expired exports removed; an idle worker wakes every worker_ttl - 15 s to check.
         maintenance_interval=60,
+        worker_ttl=45,
     )
     log.info("worker %s listening on queue %s at %s", name, queue.name, config["QUEUE_REDIS_URL"])
     worker.work(logging_level="INFO")

@@ -96,18 +96,22 @@ def export_messages(user_id: int, task_id: str) -> str:
         path = export_path(app, user_id, task_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".part")
-        with partial.open("w", encoding="utf-8") as out:
-            head = json.dumps({"user": user.username, "exported_at": utcnow().isoformat()})
-            out.write(head[:-1] + ', "messages": [\n')
-            done = 0
-            for row in _in_batches(mine):
-                out.write(("" if done == 0 else ",\n") + json.dumps(row))
-                done += 1
-                if slowdown:
-                    time.sleep(slowdown)
-                reporter.update(done, total)
-            out.write("\n]}\n")
-        os.replace(partial, path)  # the download never sees a half-written file
+        try:
+            with partial.open("w", encoding="utf-8") as out:
+                head = json.dumps({"user": user.username, "exported_at": utcnow().isoformat()})
+                out.write(head[:-1] + ', "messages": [\n')
+                done = 0
+                for row in _in_batches(mine):
+                    out.write(("" if done == 0 else ",\n") + json.dumps(row))
+                    done += 1
+                    if slowdown:
+                        time.sleep(slowdown)
+                    reporter.update(done, total)
+                out.write("\n]}\n")
+            os.replace(partial, path)  # the download never sees a half-written file
+        except BaseException:  # a failure, a timeout, a stop: no half-written file stays behind
+            partial.unlink(missing_ok=True)
+            raise
         reporter.finish()
         log.info("exported %d messages of user %s to %s", total, user_id, path)
         return str(path)
@@ -157,7 +161,11 @@ def on_job_failure(job, connection, exc_type, exc_value, tb) -> None:
 
 
 def on_work_horse_killed(job, retpid, ret_val, rusage) -> None:
-    """RQ hook: the process running the job died (killed, out of memory)."""
+    """RQ hook: the process running the job died (killed, out of memory): its task fails and
+    its half-written export goes."""
+    if job.func_name == f"{__name__}.export_messages" and len(job.args) == 2:
+        user_id, task_id = job.args
+        export_path(get_app(), user_id, task_id).with_suffix(".part").unlink(missing_ok=True)
     mark_failed(job.id, f"the worker process running it died (status {ret_val})")
 
 
@@ -184,3 +192,26 @@ def remove_expired_tasks(app: Flask) -> int:
         if expired:
             log.info("removed %d expired tasks and their exports", len(expired))
         return len(expired)
+
+
+def send_password_reset(email: str, base_url: str) -> None:
+    """Mail a password-reset link to the account that uses ``email``, if one does (the page that
+    asked says the same either way)."""
+    from app.auth.routes import reset_lifetime, reset_token
+    from app.mail import send
+
+    with get_app().app_context():
+        user = db.session.scalar(sa.select(User).where(User.email == email))
+        if user is None:
+            log.info("a password reset was asked for an address no account uses")
+            return
+        link = f"{base_url}/auth/reset_password/{reset_token(user)}"
+        send(
+            user.email,
+            "Reset your Tidings password",
+            f"Hi {user.username},\n\n"
+            f"Someone (we hope you) asked to reset your Tidings password. To choose a new one, open\n\n"
+            f"  {link}\n\n"
+            f"The link works once, for {reset_lifetime()}. Choosing a new password logs you out of\n"
+            f"every other browser. If you did not ask, ignore this mail: your password stays as it is.\n",
+        )

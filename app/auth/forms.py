@@ -6,11 +6,25 @@ import sqlalchemy as sa
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, PasswordField, StringField, SubmitField
 from wtforms.validators import DataRequired, Email, EqualTo, Length, Regexp, ValidationError
+from zxcvbn import zxcvbn
 
 from app.extensions import db
 from app.models import User
 
 USERNAME_RULE = r"^[A-Za-z0-9_.-]{3,64}$"
+PASSWORD_LENGTH = Length(min=8, max=256, message="At least 8 characters.")
+
+
+def not_common(form: FlaskForm, field: PasswordField) -> None:
+    """Refuse the passwords on the well-known lists of common and breached ones (NIST SP
+    800-63B), also l33t-spelled or reversed: zxcvbn's list of 30,000, no network call."""
+    password = field.data or ""
+    if not password or len(password) > 72:  # zxcvbn's limit; no listed password is that long
+        return
+    for match in zxcvbn(password)["sequence"]:
+        whole = match["i"] == 0 and match["j"] == len(password) - 1
+        if whole and match.get("pattern") == "dictionary" and match.get("dictionary_name") == "passwords":
+            raise ValidationError("This is one of the most common passwords. Please choose another.")
 
 
 def _strip(value: str | None) -> str | None:
@@ -33,9 +47,7 @@ class RegistrationForm(FlaskForm):
         filters=[_strip, lambda v: v.lower() if isinstance(v, str) else v],
         validators=[DataRequired(), Length(max=254), Email(check_deliverability=False)],
     )
-    password = PasswordField(
-        "Password", validators=[DataRequired(), Length(min=8, max=256, message="At least 8 characters.")]
-    )
+    password = PasswordField("Password", validators=[DataRequired(), PASSWORD_LENGTH, not_common])
     password2 = PasswordField(
         "Repeat password", validators=[DataRequired(), EqualTo("password", message="Passwords must match.")]
     )
@@ -68,3 +80,24 @@ class LogoutForm(FlaskForm):
     """Log out (a POST with a CSRF token: no other site can log you out)."""
 
     submit = SubmitField("Log out")
+
+
+class ResetRequestForm(FlaskForm):
+    """Ask for a password-reset link by mail."""
+
+    email = StringField(
+        "Email",
+        filters=[_strip, lambda v: v.lower() if isinstance(v, str) else v],
+        validators=[DataRequired(), Length(max=254), Email(check_deliverability=False)],
+    )
+    submit = SubmitField("Send me a link")
+
+
+class ResetPasswordForm(FlaskForm):
+    """Choose a new password (from a reset link)."""
+
+    password = PasswordField("New password", validators=[DataRequired(), PASSWORD_LENGTH, not_common])
+    password2 = PasswordField(
+        "Repeat password", validators=[DataRequired(), EqualTo("password", message="Passwords must match.")]
+    )
+    submit = SubmitField("Set my password")

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import logging
 from urllib.parse import urlsplit
 
+import redis
 import sqlalchemy as sa
-from flask import Response, abort, flash, redirect, render_template, request, url_for
+from flask import Response, abort, current_app, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy.exc import IntegrityError
 
 from app.auth import bp
-from app.auth.forms import LoginForm, LogoutForm, RegistrationForm
+from app.auth.forms import LoginForm, LogoutForm, RegistrationForm, ResetPasswordForm, ResetRequestForm
 from app.auth.sessions import end_every_login, end_login, start_login
 from app.auth.throttle import Attempt, per_address
 from app.extensions import db
 from app.limits import form_error, limiter, setting
 from app.models import User, check_password
+from app.tasks import task_queue
+
+log = logging.getLogger(__name__)
 
 
 def safe_next(target: str | None) -> str | None:
@@ -101,7 +109,9 @@ def login():
 
 
 def _logged_in(user: User, attempt: Attempt, target: str, remember: bool) -> Response:
-    """Start ``user``'s login in this browser, which is trusted for the account from now on."""
+    """Start ``user``'s login in this browser, which is trusted for the account from now on.
+    The form token minted before it (perhaps planted by someone else) stops working."""
+    session.pop(current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token"), None)
     start_login(user)
     login_user(user, remember=remember)
     response = redirect(target)
@@ -133,3 +143,98 @@ def logout_everywhere():
     logout_user()
     flash(f"You have been logged out everywhere ({count} {'login' if count == 1 else 'logins'}).", "info")
     return redirect(url_for("main.index"))
+
+
+# -- a way back in --------------------------------------------------------------------------
+
+RESET_SALT = "tidings-password-reset"
+
+
+def reset_token(user: User) -> str:
+    """A signed link token for ``user``: it expires after RESET_TOKEN_SECONDS and stops working
+    once the password changes (it carries a fingerprint of the current hash), so it works once."""
+    return URLSafeTimedSerializer(current_app.secret_key, salt=RESET_SALT).dumps(
+        {"user": user.id, "hash": _fingerprint(user)}
+    )
+
+
+def reset_lifetime() -> str:
+    """How long a reset link works, in words ("30 minutes")."""
+    seconds = current_app.config["RESET_TOKEN_SECONDS"]
+    count, unit = (seconds // 60, "minute") if seconds % 60 == 0 else (seconds, "second")
+    return f"{count} {unit}{'s' if count != 1 else ''}"
+
+
+def _fingerprint(user: User) -> str:
+    return hashlib.sha256(user.password_hash.encode()).hexdigest()[:16]
+
+
+def _user_of_reset(token: str) -> User | None:
+    """The user a reset token is for, if it is genuine, fresh and unused."""
+    serializer = URLSafeTimedSerializer(current_app.secret_key, salt=RESET_SALT)
+    try:
+        claims = serializer.loads(token, max_age=current_app.config["RESET_TOKEN_SECONDS"])
+    except BadSignature:  # tampered, truncated or expired (SignatureExpired is one)
+        return None
+    if not isinstance(claims, dict) or not isinstance(claims.get("user"), int):
+        return None
+    user = db.session.get(User, claims["user"])
+    if user is None or not hmac.compare_digest(str(claims.get("hash")), _fingerprint(user)):
+        return None
+    return user
+
+
+def _reset_request_page(error: str | None = None) -> str:
+    form = ResetRequestForm()
+    if error:
+        form.form_errors.append(error)
+    return render_template("auth/reset_request.html", title="Reset your password", form=form)
+
+
+@bp.route("/reset_password", methods=["GET", "POST"])
+@limiter.limit(
+    setting("RESET_RATE"),
+    key_func=per_address,
+    methods=["POST"],
+    on_breach=form_error(_reset_request_page, "reset requests"),
+)
+def reset_password_request():
+    """Mail a reset link to an address. The answer is the same whether or not an account has it,
+    and so is its timing: the background worker looks the address up and sends the mail."""
+    if current_user.is_authenticated:
+        return redirect(url_for("main.index"))
+    form = ResetRequestForm()
+    if form.validate_on_submit():
+        base = current_app.config["PUBLIC_URL"] or request.host_url.rstrip("/")
+        try:
+            task_queue().enqueue("workers.jobs.send_password_reset", form.email.data, base, job_timeout=60)
+        except redis.RedisError as exc:
+            log.warning("could not queue a password-reset mail: %s", exc)
+            form.form_errors.append("We cannot send mail right now. Please try again in a minute.")
+            return render_template("auth/reset_request.html", title="Reset your password", form=form), 503
+        flash(
+            f"If an account uses {form.email.data}, a link to choose a new password is on its way. "
+            f"It works once, for {reset_lifetime()}.",
+            "info",
+        )
+        return redirect(url_for("auth.login"))
+    return render_template("auth/reset_request.html", title="Reset your password", form=form)
+
+
+@bp.route("/reset_password/<token>", methods=["GET", "POST"])
+def reset_password(token: str):
+    """Choose a new password from a mailed link; every other login of the account ends."""
+    user = _user_of_reset(token)
+    if user is None:
+        flash("That link has expired or was already used. Ask for a new one below.", "warning")
+        return redirect(url_for("auth.reset_password_request"))
+    form = ResetPasswordForm()
+    if form.validate_on_submit():
+        user.set_password(form.password.data)
+        db.session.commit()
+        end_every_login(user)
+        if current_user.is_authenticated:
+            logout_user()
+        flash("Your password is changed, and every other browser is logged out.", "success")
+        return _logged_in(user, Attempt(user.username), url_for("main.index"), remember=False)
+    return render_template("auth/reset_password.html", title="Choose a new password", form=form)

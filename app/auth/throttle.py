@@ -22,6 +22,7 @@ them to a new generation.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 
@@ -121,7 +122,7 @@ class Attempt:
             key = self.keys()["wait"]
             if not limiter.storage.get(key):
                 return 0
-            return max(1, round(limiter.storage.get_expiry(key) - time.time()))
+            return max(1, math.ceil(limiter.storage.get_expiry(key) - time.time()))
 
         return _safely(remaining, 0)
 

@@ -32,7 +32,9 @@ def healthz():
 
 @bp.route("/readyz")
 def readyz():
-    """200 when the database and Redis answer and this worker's hub is connected; else 503."""
+    """200 when the database and Redis answer and this worker's hub is connected; else 503. What
+    is wrong goes to the log, and to those who may read /metrics; others learn only "not ready"
+    (the reasons name hosts, ports and the database)."""
     problems = []
     try:
         db.session.execute(sa.text("SELECT 1"))
@@ -52,7 +54,7 @@ def readyz():
         problems.append(f"hub: {exc}")
     if problems:
         log.warning("not ready: %s", "; ".join(problems))
-        response, status = json_error(503, "; ".join(problems))
+        response, status = json_error(503, "; ".join(problems) if _may_read_metrics() else "not ready")
         response.status_code = status
         return response
     return jsonify(status="ready")
@@ -60,9 +62,12 @@ def readyz():
 
 @bp.route("/metrics")
 def metrics():
-    """Prometheus text for this host (every worker), to localhost or with the configured token."""
+    """Prometheus text for this host (every worker): with the configured token; outside production
+    also to a client on this host."""
     if not _may_read_metrics():
-        return json_error(403, "metrics are served to localhost, or with METRICS_TOKEN as a bearer token")
+        return json_error(
+            403, "metrics need METRICS_TOKEN as a bearer token (or, outside production, localhost)"
+        )
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
@@ -76,6 +81,10 @@ def _may_read_metrics() -> bool:
     offered = request.headers.get("Authorization", "")
     if token and hmac.compare_digest(offered.encode(), f"Bearer {token}".encode()):
         return True
+    # In production only the token opens them: "this host" may be a tunnel or a proxy that adds
+    # no header, so where a request comes from proves nothing there.
+    if current_app.config.get("APP_ENV") == "production":
+        return False
     # Straight from this host, not relayed by a proxy (which would add X-Forwarded-For).
     if "X-Forwarded-For" in request.headers:
         return False

@@ -4,14 +4,16 @@ bodies held by nginx, headers, readiness and metrics."""
 from __future__ import annotations
 
 import json
+import os
 import ssl
+import subprocess
 
 import httpx
 import pytest
 import redis
 
-from harness.clients import WebUser, registered, slow_bodies, user_id
-from harness.servers import LiveServer, NginxServer, RedisServer, wait_until
+from harness.clients import WebUser, csrf_token, registered, slow_bodies, user_id
+from harness.servers import BIN, ROOT, LiveServer, NginxServer, RedisServer, free_port, wait_until
 from harness.tools import NGINX, OPENSSL
 from tests.conftest import need
 
@@ -181,3 +183,66 @@ def _count_a_stream_and_a_delivery(web: LiveServer) -> None:
     s.close()
     wait_until(lambda: value("tidings_streams_open") == 0, 5, "the closed stream to be uncounted")
     assert value("tidings_channels_subscribed") == 0
+
+
+def forged_logins(url: str, count: int, **options) -> list[int]:
+    """``count`` failed logins, each claiming another address in X-Forwarded-For; the statuses."""
+    guesser = WebUser(url, "nobody", **options)
+    statuses = []
+    for i in range(count):
+        page = guesser.http.get("/auth/login")
+        form = {"csrf_token": csrf_token(page.text), "username": f"nobody{i}", "password": "wrong"}
+        forged = {"X-Forwarded-For": f"198.51.100.{i + 1}", "Referer": f"{url}/auth/login"}
+        statuses.append(guesser.http.post("/auth/login", data=form, headers=forged).status_code)
+    guesser.close()
+    return statuses
+
+
+LIMITED = {"RATELIMIT_ENABLED": "1", "LOGIN_RATE_PER_ADDRESS": "3 per minute", "TRUSTED_PROXIES": "1"}
+
+
+def limited(sqlite_env: dict, tmp_path) -> tuple[RedisServer, dict]:
+    """A Redis of its own (the limits count there, from nothing) and the env of a limited server."""
+    own_redis = RedisServer(tmp_path).start()
+    return own_redis, {**sqlite_env, **LIMITED, "REDIS_URL": own_redis.url}
+
+
+def test_behind_nginx_a_forged_x_forwarded_for_changes_nothing(sqlite_env, tmp_path):
+    need(NGINX, OPENSSL)
+    own_redis, env = limited(sqlite_env, tmp_path)
+    web = LiveServer(env, tmp_path / "gunicorn.log").start()
+    nginx = NginxServer(tmp_path / "nginx", [f"127.0.0.1:{web.port}"]).start()
+    try:
+        # Every attempt counts against the one real address: the fourth is over the limit.
+        assert forged_logins(nginx.url, 4, http2=True, verify=False) == [200, 200, 200, 429]
+    finally:
+        nginx.stop()
+        web.stop()
+        own_redis.kill()
+
+
+def test_forwarded_headers_from_an_address_not_on_the_allow_list_are_ignored(sqlite_env, tmp_path):
+    own_redis, env = limited(sqlite_env, tmp_path)
+    env["TRUSTED_PROXY_ADDRS"] = "192.0.2.10"  # the proxy is elsewhere: this client is not it
+    web = LiveServer(env, tmp_path / "gunicorn.log").start()
+    try:
+        assert forged_logins(web.url, 4) == [200, 200, 200, 429]
+    finally:
+        web.stop()
+        own_redis.kill()
+
+
+def test_proxy_trust_on_an_address_others_reach_without_an_allow_list_does_not_start(sqlite_env):
+    env = {**os.environ, **sqlite_env, "TRUSTED_PROXIES": "1", "BIND": f"0.0.0.0:{free_port()}"}
+    env.pop("TRUSTED_PROXY_ADDRS", None)
+    proc = subprocess.run(
+        [BIN / "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "not starting: TRUSTED_PROXIES is set and gunicorn listens on 0.0.0.0" in proc.stderr
+    assert "TRUSTED_PROXY_ADDRS" in proc.stderr

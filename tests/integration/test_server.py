@@ -176,9 +176,7 @@ def test_tls_at_gunicorn_is_refused_at_boot_pointing_at_the_proxy(sqlite_env, tm
     assert "Terminate TLS at the proxy" in proc.stderr
 
 
-def test_a_deploy_closes_idle_keep_alive_connections_at_once_and_answers_the_ones_in_use(
-    sqlite_env, tmp_path
-):
+def test_a_deploy_closes_idle_keep_alive_connections_at_once(sqlite_env, tmp_path):
     # Keep-alive far longer than the test may take: only the stopping worker can end the wait.
     env = {**sqlite_env, "WEB_CONCURRENCY": "1"}
     live = LiveServer(env, tmp_path / "gunicorn.log", "--keep-alive", "300").start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -128,6 +129,7 @@ def test_a_killed_work_horse_marks_the_task_failed(make_user, worker, server_env
     horse.kill()
     last = progress_until_done(stream, task_id)[-1]
     assert last["status"] == "failed" and "died" in last["error"]
+    assert not list(Path(server_env["EXPORT_DIR"]).rglob("*.part")), "no half-written export stays"
     stream.close()
 
 

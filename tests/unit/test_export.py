@@ -7,6 +7,7 @@ import sqlalchemy as sa
 
 from app.extensions import db
 from app.models import Message, Task
+from app.tasks import export_path
 from workers.jobs import ProgressReporter, on_work_horse_killed
 
 
@@ -126,17 +127,35 @@ def test_a_failing_export_marks_the_task_failed_and_says_so(client, auth, people
         assert db.session.scalar(sa.select(sa.func.count(Task.id))) == 2
 
 
-def test_a_dead_work_horse_fails_the_task(app, people):
+def test_a_dead_work_horse_fails_the_task_and_its_half_written_file_goes(app, people):
     running_task(app, people["bob"], "t-dead", progress=40)
+    partial = export_path(app, people["bob"], "t-dead").with_suffix(".part")
+    partial.parent.mkdir(parents=True)
+    partial.write_text('{"user": "bob", "messages": [')
 
     class Job:
         id = "t-dead"
+        func_name = "workers.jobs.export_messages"
+        args = (people["bob"], "t-dead")
 
     with app.app_context():  # the worker process's own app, here the test app
         on_work_horse_killed(Job(), 1234, 9, None)
         db.session.remove()
         task = db.session.get(Task, "t-dead")
         assert task.status == "failed" and "died" in task.error and task.progress == 40
+    assert not partial.exists()
+
+
+def test_an_export_that_fails_half_way_leaves_no_partial_file(client, auth, people, app, monkeypatch):
+    def one_row_then_fail(condition, size=500):
+        yield {"id": 1, "body": "first"}
+        raise OSError("disk full")
+
+    monkeypatch.setattr("workers.jobs._in_batches", one_row_then_fail)
+    auth.login("bob")
+    client.post("/export_messages")
+    folder = export_path(app, people["bob"], "x").parent
+    assert folder.exists() and not list(folder.iterdir())
 
 
 def test_progress_is_published_on_whole_percent_changes_only(app, people, fake_redis):

@@ -103,3 +103,19 @@ def test_metrics_are_served_to_localhost_only_unless_a_token_is_given(app, clien
 
     assert read("s3cret") == 200
     assert read("nope") == 403
+
+
+def test_readyz_tells_strangers_only_that_it_is_not_ready(client):
+    stranger = client.get("/readyz", environ_base={"REMOTE_ADDR": "192.0.2.7"})
+    assert stranger.status_code == 503 and stranger.json == {"error": "not ready"}
+    relayed = client.get("/readyz", headers={"X-Forwarded-For": "192.0.2.7"})
+    assert relayed.json == {"error": "not ready"}
+
+
+def test_in_production_metrics_and_readiness_reasons_need_the_token(app, client):
+    app.config.update(APP_ENV="production", METRICS_TOKEN="s3cret")
+    assert client.get("/metrics").status_code == 403, "localhost may be a tunnel: the token is needed"
+    assert client.get("/readyz").json == {"error": "not ready"}
+    bearer = {"Authorization": "Bearer s3cret"}
+    assert client.get("/metrics", headers=bearer).status_code == 200
+    assert "hub:" in client.get("/readyz", headers=bearer).json["error"]

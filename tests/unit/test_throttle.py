@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from flask.testing import FlaskClient
 
@@ -117,3 +119,22 @@ def test_only_failures_count(throttled, app, auth):
     for _ in range(10):
         browser = app.test_client()  # new browsers, the right password each time
         assert attempt(browser, auth.password).status_code == 302
+
+
+def test_a_new_browser_gets_in_after_at_most_the_documented_delay(throttled, app, auth):
+    app.config["LOGIN_MAX_DELAY_SECONDS"] = 2
+    auth.create("bob")
+    attacker = app.test_client()
+    for _ in range(3):
+        for address in ATTACKERS:
+            attempt(attacker, "guess", address)
+    # A new browser on a network the attacker never used gets in at once.
+    assert attempt(app.test_client(), auth.password, "192.0.2.200").status_code == 302
+    # On the attacker's own /64 it is told to wait, at most the maximum, and is then let in.
+    new = app.test_client()
+    told = attempt(new, auth.password, BOB_V6[2])
+    assert told.status_code == 429
+    wait = int(told.headers["Retry-After"])
+    assert 0 < wait <= 2
+    time.sleep(wait)  # the documented delay itself is what is under test
+    assert attempt(new, auth.password, BOB_V6[2]).status_code == 302
