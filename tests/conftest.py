@@ -130,6 +130,14 @@ def app(config, fake_redis):
 
 
 @pytest.fixture
+def csrf_app(config, fake_redis):
+    """The app with its CSRF checks on, as in production."""
+    app = build_app({**config, "WTF_CSRF_ENABLED": True}, fake_redis)
+    yield app
+    dispose(app)
+
+
+@pytest.fixture
 def client(app):
     """A test client."""
     return app.test_client()

@@ -53,6 +53,20 @@ class TidingsWorker(Worker):
                 db.engine.dispose()
 
 
+def build_worker(queue: Queue, name: str) -> TidingsWorker:
+    """The worker for ``queue``. Every minute it finds abandoned jobs (their worker died) and
+    fails their tasks, and removes expired exports; an idle worker wakes from waiting for a job
+    every ``worker_ttl`` - 15 s to check, so that wait is kept below the minute."""
+    return TidingsWorker(
+        [queue],
+        connection=queue.connection,
+        name=name,
+        work_horse_killed_handler=on_work_horse_killed,
+        maintenance_interval=60,
+        worker_ttl=45,
+    )
+
+
 def main() -> None:
     """Start the worker; SIGTERM lets the current job finish (RQ's warm shutdown)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -61,18 +75,8 @@ def main() -> None:
     connection = redis.Redis.from_url(config["QUEUE_REDIS_URL"])
     wait_for_redis(connection)
     queue = Queue(config["TASK_QUEUE"], connection=connection)
-    name = f"tidings-{socket.gethostname()}-{os.getpid()}"
-    worker = TidingsWorker(
-        [queue],
-        connection=connection,
-        name=name,
-        work_horse_killed_handler=on_work_horse_killed,
-        # How often abandoned jobs (their worker died) are found and their tasks failed, and
-        # expired exports removed; an idle worker wakes every worker_ttl - 15 s to check.
-        maintenance_interval=60,
-        worker_ttl=45,
-    )
-    log.info("worker %s listening on queue %s at %s", name, queue.name, config["QUEUE_REDIS_URL"])
+    worker = build_worker(queue, f"tidings-{socket.gethostname()}-{os.getpid()}")
+    log.info("worker %s listening on queue %s at %s", worker.name, queue.name, config["QUEUE_REDIS_URL"])
     worker.work(logging_level="INFO")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import redis
@@ -38,18 +39,21 @@ def safe_next(target: str | None) -> str | None:
     return target
 
 
-def _register_page(error: str | None = None) -> str:
-    form = RegistrationForm()
-    if error:
-        form.form_errors.append(error)
-    return render_template("auth/register.html", title="Register", form=form)
+def _form_page(form_class: type, template: str, title: str) -> Callable[[str | None], str]:
+    """A page's form rendered afresh, with ``error`` on it (a limit's answer)."""
+
+    def render(error: str | None = None) -> str:
+        form = form_class()
+        if error:
+            form.form_errors.append(error)
+        return render_template(template, title=title, form=form)
+
+    return render
 
 
-def _login_page(error: str | None = None) -> str:
-    form = LoginForm()
-    if error:
-        form.form_errors.append(error)
-    return render_template("auth/login.html", title="Log in", form=form)
+_register_page = _form_page(RegistrationForm, "auth/register.html", "Register")
+_login_page = _form_page(LoginForm, "auth/login.html", "Log in")
+_reset_request_page = _form_page(ResetRequestForm, "auth/reset_request.html", "Reset your password")
 
 
 @bp.route("/register", methods=["GET", "POST"])
@@ -182,13 +186,6 @@ def _user_of_reset(token: str) -> User | None:
     if user is None or not hmac.compare_digest(str(claims.get("hash")), _fingerprint(user)):
         return None
     return user
-
-
-def _reset_request_page(error: str | None = None) -> str:
-    form = ResetRequestForm()
-    if error:
-        form.form_errors.append(error)
-    return render_template("auth/reset_request.html", title="Reset your password", form=form)
 
 
 @bp.route("/reset_password", methods=["GET", "POST"])

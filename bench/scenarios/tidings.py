@@ -8,9 +8,8 @@ import signal
 import threading
 import time
 
-import httpx
-
 from bench.harness import PASSWORD, CpuMeter, Load, Rig, Server, kernel_slab, percentiles, scenario, src
+from harness.clients import WebUser, csrf_token
 
 
 @scenario("streams")
@@ -96,16 +95,16 @@ def connect_isolated(rig: Rig) -> dict:
 
 def send_to_event(rig: Rig, server: Server, load: Load, users: int, tabs: int) -> dict:
     """A user POSTs /send_message; the recipient's tabs receive the new unread count."""
-    sender = httpx.Client(base_url=server.url, timeout=10)
-    page = sender.get("/auth/login")
-    token = page.text.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
-    sender.post("/auth/login", data={"csrf_token": token, "username": "benchsender", "password": PASSWORD})
+    sender = WebUser(server.url, "benchsender", PASSWORD).login()
+    token = csrf_token(sender.http.get("/").text)  # the login's own form token (it changes at login)
     load.take()
     sends = []
     for i in range(rig.p["sends"]):
         user = rig.users[i % users]
         t = time.time()
-        r = sender.post(f"/send_message/{user['username']}", data={"csrf_token": token, "message": f"m{i}"})
+        r = sender.http.post(
+            f"/send_message/{user['username']}", data={"csrf_token": token, "message": f"m{i}"}
+        )
         assert r.status_code == 302, r.status_code
         sends.append((user["id"], t))
         time.sleep(0.02)

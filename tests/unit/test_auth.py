@@ -6,7 +6,6 @@ import sqlalchemy as sa
 from app.extensions import db
 from app.models import User
 from harness.clients import csrf_token
-from tests.conftest import build_app, dispose
 
 
 def test_register_creates_the_account_and_logs_it_in(client, app):
@@ -109,13 +108,11 @@ def test_logout_get_only_asks_and_post_ends_the_session(client, auth):
     assert client.get("/messages").status_code == 302
 
 
-def test_logout_needs_the_csrf_token(config, fake_redis):
+def test_logout_needs_the_csrf_token(csrf_app):
     from tests.conftest import AuthActions
 
-    config["WTF_CSRF_ENABLED"] = True
-    app = build_app(config, fake_redis)
-    client = app.test_client()
-    auth = AuthActions(app, client)
+    client = csrf_app.test_client()
+    auth = AuthActions(csrf_app, client)
     auth.create("alice")
     page = client.get("/auth/login")
     token = csrf_token(page.get_data(as_text=True))
@@ -125,7 +122,6 @@ def test_logout_needs_the_csrf_token(config, fake_redis):
     token = csrf_token(client.get("/").get_data(as_text=True))  # the navbar's logout form
     assert client.post("/auth/logout", data={"csrf_token": token}).status_code == 302
     assert client.get("/messages").status_code == 302
-    dispose(app)
 
 
 def test_a_copied_session_cookie_and_remember_me_cookie_stop_working_after_logout(app, auth):

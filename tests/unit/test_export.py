@@ -220,3 +220,14 @@ def test_finished_exports_are_removed_after_the_retention_time(client, auth, peo
         keys = set(db.session.scalars(sa.select(Notification.key)))
     assert f"task_progress:{old_id}" not in keys and f"task_progress:{new_id}" in keys
     assert client.get(f"/exports/{old_id}").status_code == 404
+
+
+def test_an_idle_worker_runs_its_maintenance_every_minute(fake_redis):
+    from rq import Queue
+
+    from workers.__main__ import build_worker
+
+    worker = build_worker(Queue("tidings-tasks", connection=fake_redis), "test-worker")
+    # An idle worker checks between waits for a job: each wait must end within the interval.
+    assert worker.maintenance_interval == 60
+    assert worker.dequeue_timeout < worker.maintenance_interval

@@ -10,14 +10,12 @@ import sqlalchemy as sa
 from app.extensions import db
 from app.models import Login, utcnow
 from harness.clients import csrf_token
-from tests.conftest import AuthActions, build_app, dispose
+from tests.conftest import AuthActions
 
 
-def test_the_form_token_minted_before_login_stops_working_after_it(config, fake_redis):
-    config["WTF_CSRF_ENABLED"] = True
-    app = build_app(config, fake_redis)
-    client = app.test_client()
-    auth = AuthActions(app, client)
+def test_the_form_token_minted_before_login_stops_working_after_it(csrf_app):
+    client = csrf_app.test_client()
+    auth = AuthActions(csrf_app, client)
     auth.create("alice")
     before = csrf_token(client.get("/auth/login").get_data(as_text=True))  # perhaps a planted one
     login = {"username": "alice", "password": auth.password, "csrf_token": before}
@@ -26,7 +24,6 @@ def test_the_form_token_minted_before_login_stops_working_after_it(config, fake_
     assert after != before
     assert client.post("/auth/logout", data={"csrf_token": before}).status_code == 400
     assert client.post("/auth/logout", data={"csrf_token": after}).status_code == 302
-    dispose(app)
 
 
 def age(app, **times: timedelta) -> None:

@@ -138,3 +138,16 @@ def test_a_new_browser_gets_in_after_at_most_the_documented_delay(throttled, app
     assert 0 < wait <= 2
     time.sleep(wait)  # the documented delay itself is what is under test
     assert attempt(new, auth.password, BOB_V6[2]).status_code == 302
+
+
+def test_lifting_an_address_starts_its_login_limit_afresh(throttled, app, auth):
+    app.config["LOGIN_RATE_PER_ADDRESS"] = "2 per minute"
+    browser = app.test_client()
+    assert [attempt(browser, "guess", "2001:db8:9::1", f"u{i}").status_code for i in range(3)] == [
+        200,
+        200,
+        429,
+    ]
+    r = app.test_cli_runner().invoke(args=["limits", "lift", "--address", "2001:db8:9::77"])
+    assert r.exit_code == 0 and "network 2001:db8:9::/64" in r.output
+    assert attempt(browser, "guess", "2001:db8:9::1", "u9").status_code == 200
