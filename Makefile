@@ -25,7 +25,7 @@ run: $(VENV)/.run-deps
 run-proxy: $(VENV)/.run-deps nginx
 	@TIDINGS_PROXY=1 bash scripts/run.sh
 
-# Debian's nginx (and openssl for the self-signed certificate); needs root, like `make browser`.
+# Debian's nginx (and openssl for the self-signed certificate); needs root, like `make tools`.
 nginx:
 	test -x /usr/sbin/nginx -a -x /usr/bin/openssl || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx openssl)
 

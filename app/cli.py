@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import click
+import redis
 import sqlalchemy as sa
-from flask import Flask
+from flask import Flask, current_app
 
 from app.extensions import db
 from app.models import Message, Notification, Task, User
@@ -63,7 +64,12 @@ def init_app(app: Flask) -> None:
 
         if not account and not address:
             raise click.UsageError("name --account, --address or both")
-        click.echo("lifted: " + ", ".join(lift(account=account, address=address)))
+        if not current_app.config["RATELIMIT_ENABLED"]:
+            raise click.ClickException("the limits are off here (RATELIMIT_ENABLED=0): nothing to lift")
+        try:
+            click.echo("lifted: " + ", ".join(lift(account=account, address=address)))
+        except redis.RedisError as exc:
+            raise click.ClickException(f"cannot reach the limits' storage: {exc}") from None
 
     @app.cli.command("follow")
     @click.argument("username")

@@ -66,6 +66,17 @@ LOGIN_THROTTLE = {
 }
 
 
+def _public_url(production: bool) -> str | None:
+    """``PUBLIC_URL``: required in production, where a link in a mail must not take its host
+    from a request (a forged Host header would send a reset link to someone else's site)."""
+    url = (os.environ.get("PUBLIC_URL") or "").rstrip("/") or None
+    if production and not url:
+        raise RuntimeError(
+            "PUBLIC_URL must be set when APP_ENV=production (e.g. https://tidings.example.org)"
+        )
+    return url
+
+
 LOOPBACK = "127.0.0.1,::1"
 
 
@@ -187,9 +198,9 @@ def load_config(instance_path: str) -> dict:
         "MAIL_USERNAME": os.environ.get("MAIL_USERNAME") or None,
         "MAIL_PASSWORD": os.environ.get("MAIL_PASSWORD") or None,
         "MAIL_DEFAULT_SENDER": os.environ.get("MAIL_DEFAULT_SENDER") or "Tidings <noreply@localhost>",
-        # Where links in mails point (e.g. https://tidings.example.org); unset: the host the request
-        # that asked for the mail named, which production should not rely on.
-        "PUBLIC_URL": (os.environ.get("PUBLIC_URL") or "").rstrip("/") or None,
+        # Where links in mails point (e.g. https://tidings.example.org); required in production.
+        # Elsewhere, unset: the host the request that asked for the mail named.
+        "PUBLIC_URL": _public_url(production),
         # How long a password-reset link works (it also stops once used).
         "RESET_TOKEN_SECONDS": _int_env("RESET_TOKEN_SECONDS", 1800),
         "RESET_RATE": os.environ.get("RESET_RATE") or "5 per hour",

@@ -67,8 +67,7 @@ class User(UserMixin, db.Model):
 
     def set_password(self, password: str) -> None:
         """Store a salted hash of ``password`` (hashed off the event loop)."""
-        method = current_app.config.get("PASSWORD_HASH_METHOD", "scrypt")
-        self.password_hash = off_the_loop(generate_password_hash, password, method)
+        self.password_hash = hash_password(password)
 
     def check_password(self, password: str) -> bool:
         """Whether ``password`` matches the stored hash (hashed off the event loop)."""
@@ -289,3 +288,10 @@ def check_password(user: User | None, password: str) -> bool:
 
 
 _DUMMY_HASHES: dict[str, str] = {}  # a hash of a random password per hashing method
+
+
+def hash_password(password: str) -> str:
+    """A salted hash of ``password`` (made off the event loop)."""
+    return off_the_loop(
+        generate_password_hash, password, current_app.config.get("PASSWORD_HASH_METHOD", "scrypt")
+    )

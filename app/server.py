@@ -21,8 +21,8 @@ gunicorn's gevent worker with four changes:
   between two requests wait out ``keepalive`` seconds even when the worker is stopping, so every
   deploy or restart lingered that long behind any idle browser or proxy connection. The wait is
   gunicorn's ``timeout_ctx()`` around its read of the next request (guarded by
-  tests/unit/test_server.py); a stopping worker expires the ones under way, and the connection
-  closes exactly as when the timer runs out.
+  tests/unit/test_server.py); a stopping worker ends those under way once their connection has
+  been quiet for a second, and the connection closes exactly as when the timer runs out.
 * **Refusals at boot** for what cannot work: TLS at gunicorn (a taken socket has no TLS
   state; terminate TLS at the proxy, see ``deploy/``).
 """
@@ -269,6 +269,10 @@ class StreamWorker(GeventWorker):
             gevent.sleep(0.1)
 
 
+# How long a keep-alive connection must have been quiet before a stopping worker closes it.
+IDLE_BEFORE_CLOSE = 1.0
+
+
 class IdleWait(gevent.Timeout):
     """gunicorn's wait for the next request on a keep-alive connection, known to the worker
     while it runs so that a stopping worker can end it (``expire``) instead of waiting it out."""
@@ -277,23 +281,35 @@ class IdleWait(gevent.Timeout):
         super().__init__(seconds, False)  # False: when it expires, the read just ends
         self._waits = waits
         self._greenlet: gevent.Greenlet | None = None
+        self._since = time.monotonic()
+        self._early = None  # the loop's timer of an early end
 
     def __enter__(self) -> IdleWait:
         self._greenlet = gevent.getcurrent()
+        self._since = time.monotonic()
         self._waits.add(self)
         return super().__enter__()
 
     def __exit__(self, typ: Any, value: Any, tb: Any) -> bool | None:
         self._waits.discard(self)
+        if self._early is not None:
+            self._early.close()
         return super().__exit__(typ, value, tb)
 
-    def expire(self) -> None:
-        """End the wait now, as its timer would (from the loop): gunicorn closes the connection.
-        A wait that ended meanwhile (its request came) is left alone."""
+    def expire(self, idle: float = IDLE_BEFORE_CLOSE) -> None:
+        """End the wait once the connection has been idle ``idle`` seconds (at once if it has
+        been), as its own timer would, from the loop: gunicorn then closes the connection.
+
+        Closing a keep-alive connection races with a request the client may be sending on it
+        (HTTP/1.1 has no way round it: clients retry). A connection in use every few
+        milliseconds is the likeliest to lose that race, and it needs no closing: its next
+        request is answered with ``Connection: close``. So only connections quiet for a moment
+        are closed. A wait that ended meanwhile (its request came) is left alone."""
         greenlet = self._greenlet
 
         def throw() -> None:
             if self in self._waits and greenlet is not None:
                 greenlet.throw(self)
 
-        gevent.get_hub().loop.run_callback(throw)
+        self._early = gevent.get_hub().loop.timer(max(0.0, self._since + idle - time.monotonic()))
+        self._early.start(throw)

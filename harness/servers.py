@@ -175,6 +175,12 @@ class PostgresServer:
         self.stop()
         self.start()
 
+    def remove(self) -> None:
+        """Crash it and delete its folder (data and log)."""
+        if (self.data / "postmaster.pid").exists():
+            self.stop("immediate")
+        shutil.rmtree(self.data.parent, ignore_errors=True)
+
 
 class RedisCluster:
     """A real Redis Cluster of Debian's redis-server 7 in ``tmp``: ``masters`` masters with

@@ -78,11 +78,6 @@ def redis_server() -> str:
     return _redis7() or str(VENV_BIN / "redis-server")
 
 
-def redis_cli() -> str:
-    """The redis-cli beside ``redis_server()``."""
-    return str(Path(redis_server()).with_name("redis-cli"))
-
-
 def install_missing() -> int:
     """Install the missing packaged tools with apt when root, else say which tests will skip."""
     missing = [t for t in PACKAGED if t.missing()]

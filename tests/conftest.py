@@ -41,7 +41,7 @@ def postgres_url(tmp_path_factory) -> Iterator[str]:
         return
     server = PostgresServer(tmp_path_factory.mktemp("postgres")).start()
     yield server.url
-    server.stop("immediate")
+    server.remove()
 
 
 def reset_database(url: str) -> None:

@@ -13,15 +13,16 @@ import sqlalchemy as sa
 from flask import Response, abort, current_app, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from rq import Retry
 from sqlalchemy.exc import IntegrityError
 
 from app.auth import bp
 from app.auth.forms import LoginForm, LogoutForm, RegistrationForm, ResetPasswordForm, ResetRequestForm
 from app.auth.sessions import end_every_login, end_login, start_login
-from app.auth.throttle import Attempt, per_address
+from app.auth.throttle import Attempt, forget_devices, per_address, trusted_login
 from app.extensions import db
 from app.limits import form_error, limiter, setting
-from app.models import User, check_password
+from app.models import User, check_password, hash_password
 from app.tasks import task_queue
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ def register():
     setting("LOGIN_RATE_PER_ADDRESS"),
     key_func=per_address,
     methods=["POST"],
+    exempt_when=trusted_login,
     on_breach=form_error(_login_page, "login attempts"),
 )
 def login():
@@ -99,7 +101,7 @@ def login():
     form = LoginForm()
     if form.validate_on_submit():
         attempt = Attempt(form.username.data)
-        wait = attempt.wait()
+        wait = attempt.begin()
         if wait:
             message = f"Too many failed logins for this account. Please try again in {wait} seconds."
             return _login_page(message), 429, {"Retry-After": str(wait)}
@@ -108,6 +110,7 @@ def login():
             attempt.failed()
             flash("Invalid username or password.", "danger")
             return render_template("auth/login.html", title="Log in", form=form), 200
+        attempt.succeeded()
         return _logged_in(user, attempt, next_page or url_for("main.index"), form.remember_me.data)
     return render_template("auth/login.html", title="Log in", form=form)
 
@@ -204,7 +207,13 @@ def reset_password_request():
     if form.validate_on_submit():
         base = current_app.config["PUBLIC_URL"] or request.host_url.rstrip("/")
         try:
-            task_queue().enqueue("workers.jobs.send_password_reset", form.email.data, base, job_timeout=60)
+            task_queue().enqueue(
+                "workers.jobs.send_password_reset",
+                form.email.data,
+                base,
+                job_timeout=60,
+                retry=Retry(max=3, interval=[10, 60, 300]),  # the mail server may be away a while
+            )
         except redis.RedisError as exc:
             log.warning("could not queue a password-reset mail: %s", exc)
             form.form_errors.append("We cannot send mail right now. Please try again in a minute.")
@@ -227,9 +236,19 @@ def reset_password(token: str):
         return redirect(url_for("auth.reset_password_request"))
     form = ResetPasswordForm()
     if form.validate_on_submit():
-        user.set_password(form.password.data)
+        # Only if the password is still the one the link was made for: of two uses at once
+        # (a double click, a stolen copy), one wins.
+        changed = db.session.execute(
+            sa.update(User)
+            .where(User.id == user.id, User.password_hash == user.password_hash)
+            .values(password_hash=hash_password(form.password.data))
+        ).rowcount
         db.session.commit()
+        if not changed:
+            flash("That link was already used. Ask for a new one below.", "warning")
+            return redirect(url_for("auth.reset_password_request"))
         end_every_login(user)
+        forget_devices(user.username)
         if current_user.is_authenticated:
             logout_user()
         flash("Your password is changed, and every other browser is logged out.", "success")

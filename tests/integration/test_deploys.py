@@ -278,6 +278,5 @@ def test_a_30_s_redis_outage_under_traffic_logs_a_few_lines_per_10_s(outage_serv
     lines = [line for line in during.splitlines() if line.strip()]
     windows = OUTAGE_SECONDS / 10
     assert len(lines) <= 8 * windows, "\n".join(lines[:40])
-    # And the tabs converge to the truth once Redis is back, no id twice or out of order (the
-    # fault matrix's "Redis down" row leaves its CI run to this test).
+    # And the tabs converge to the truth once Redis is back, no id twice or out of order.
     at_the_truth_and_nothing_twice(steady, sent)

@@ -51,7 +51,9 @@ def site(tmp_path_factory):
         (tmp / "pg").mkdir()
         pg = PostgresServer(tmp / "pg", host=net.gateway).start()
         env = make_server_env(tmp, pg.url, cluster.url)
-        env.update(REDIS_CLUSTER="1", QUEUE_REDIS_URL=queue.url, TRUSTED_PROXIES="1", WEB_CONCURRENCY="1")
+        env.update(REDIS_CLUSTER="1", QUEUE_REDIS_URL=queue.url, WEB_CONCURRENCY="1")
+        # nginx reaches the hosts from the bridge's address: only its forwarded headers count.
+        env.update(TRUSTED_PROXIES="1", TRUSTED_PROXY_ADDRS=net.gateway)
         webs = [LiveServer(env, tmp / f"web{i}.log", host=h).start() for i, h in enumerate(hosts, 1)]
         started += webs
         nginx = NginxServer(tmp / "nginx", [w.address for w in webs]).start()
@@ -61,7 +63,7 @@ def site(tmp_path_factory):
         for proc in reversed(started):
             (proc.stop if hasattr(proc, "stop") else proc.kill)()
         if "pg" in locals():
-            pg.stop("immediate")
+            pg.remove()
         net.stop()
 
 

@@ -181,7 +181,8 @@ def test_a_deploy_closes_idle_keep_alive_connections_at_once(sqlite_env, tmp_pat
     env = {**sqlite_env, "WEB_CONCURRENCY": "1"}
     live = LiveServer(env, tmp_path / "gunicorn.log", "--keep-alive", "300").start()
     try:
-        idle = http.client.HTTPConnection("127.0.0.1", live.port, timeout=60)
+        # Less than the graceful timeout (10 s), after which the worker would close it anyway.
+        idle = http.client.HTTPConnection("127.0.0.1", live.port, timeout=5)
         idle.request("GET", "/healthz")
         assert idle.getresponse().read() and idle.sock is not None  # kept alive
         old = live.live_worker_pids()

@@ -83,3 +83,39 @@ def test_common_passwords_are_refused_with_a_clear_message(client, password):
     form = {"username": "carol", "email": "carol@example.com", "password": password, "password2": password}
     r = client.post("/auth/register", data=form)
     assert r.status_code == 200 and b"one of the most common passwords" in r.data
+
+
+def test_a_reset_ends_the_trust_of_every_browser_that_logged_in_before(app, auth, client):
+    from app.auth.throttle import Attempt
+
+    auth.create("alice")
+    old_browser = app.test_client()
+    old_browser.post("/auth/login", data={"username": "alice", "password": auth.password})
+    with app.test_request_context(headers={"Cookie": _device_cookie(old_browser)}):
+        assert Attempt("alice").trusted()
+    _, mails = ask(client, "alice@example.com")
+    path = LINK.search(mails[0].body).group(1)
+    assert client.post(path, data={"password": NEW, "password2": NEW}).status_code == 302
+    with app.test_request_context(headers={"Cookie": _device_cookie(old_browser)}):
+        assert not Attempt("alice").trusted(), "its device cookie predates the reset"
+    with app.test_request_context(headers={"Cookie": _device_cookie(client)}):
+        assert Attempt("alice").trusted(), "the browser that reset the password is trusted"
+
+
+def test_two_open_forms_of_one_link_change_the_password_once(app, auth, client):
+    auth.create("alice")
+    _, mails = ask(client, "alice@example.com")
+    path = LINK.search(mails[0].body).group(1)
+    first, second = app.test_client(), app.test_client()
+    assert first.get(path).status_code == second.get(path).status_code == 200  # both forms open
+    assert first.post(path, data={"password": NEW, "password2": NEW}).status_code == 302
+    late = second.post(path, data={"password": "another passphrase", "password2": "another passphrase"})
+    assert late.status_code == 302 and late.headers["Location"] == "/auth/reset_password"
+    assert auth.login("alice", password=NEW).status_code == 302
+
+
+def _device_cookie(browser) -> str:
+    from app.auth.throttle import DEVICE_COOKIE
+
+    cookie = browser.get_cookie(DEVICE_COOKIE, path="/auth/")
+    return f"{DEVICE_COOKIE}={cookie.value}" if cookie else ""

@@ -61,6 +61,7 @@ def test_cookies_are_plain_outside_production(auth, client):
 def test_production_makes_session_and_remember_me_cookies_secure(config, fake_redis, monkeypatch):
     monkeypatch.setenv("APP_ENV", "production")
     monkeypatch.setenv("SECRET_KEY", "production-secret")
+    monkeypatch.setenv("PUBLIC_URL", "https://tidings.example")
     app = build_app({k: v for k, v in config.items() if k != "SECRET_KEY"}, fake_redis)
     try:
         from tests.conftest import AuthActions
@@ -119,3 +120,11 @@ def test_in_production_metrics_and_readiness_reasons_need_the_token(app, client)
     bearer = {"Authorization": "Bearer s3cret"}
     assert client.get("/metrics", headers=bearer).status_code == 200
     assert "hub:" in client.get("/readyz", headers=bearer).json["error"]
+
+
+def test_production_refuses_to_start_without_a_public_url_for_links_in_mails(config, fake_redis, monkeypatch):
+    monkeypatch.setenv("APP_ENV", "production")
+    monkeypatch.setenv("SECRET_KEY", "production-secret")
+    monkeypatch.delenv("PUBLIC_URL", raising=False)
+    with pytest.raises(RuntimeError, match="PUBLIC_URL must be set"):
+        build_app({k: v for k, v in config.items() if k != "SECRET_KEY"}, fake_redis)

@@ -173,7 +173,9 @@ def test_an_idle_wait_that_expires_ends_quietly_and_one_that_ended_is_left_alone
     waiting = gevent.spawn(idle)
     gevent.sleep(0)
     (wait,) = worker._idle
-    wait.expire()
+    wait.expire(idle=0.05)  # quiet for 50 ms: then it ends
+    gevent.sleep(0.01)
+    assert not woke, "a connection in use moments ago is not closed yet"
     waiting.join(5)
     assert woke == ["expired"] and not worker._idle
 
@@ -188,6 +190,6 @@ def test_an_idle_wait_that_expires_ends_quietly_and_one_that_ended_is_left_alone
 
     running = gevent.spawn(busy)
     gevent.sleep(0)
-    served[0].expire()
+    served[0].expire(idle=0)
     running.join(5)
     assert served[1:] == ["served"]
