@@ -17,7 +17,7 @@ from tests.integration.conftest import (  # noqa: F401
 
 pytestmark = pytest.mark.e2e
 
-# As root on a closed network Chromium needs these (see README, "Tests").
+# As root on a closed network Chromium needs these (docs/testing.md).
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
