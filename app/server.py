@@ -17,12 +17,6 @@ gunicorn's gevent worker with four changes:
   already has, so no browser reconnects into a stopping worker. It then asks the owners of
   taken connections (the notification streams) to pass them to the workers that succeed it
   (``app/succession.py``: on a deploy the connections stay open) and to close the rest.
-* **Idle keep-alive connections end at once on stop.** gunicorn's worker lets a connection
-  between two requests wait out ``keepalive`` seconds even when the worker is stopping, so every
-  deploy or restart lingered that long behind any idle browser or proxy connection. The wait is
-  gunicorn's ``timeout_ctx()`` around its read of the next request (guarded by
-  tests/unit/test_server.py); a stopping worker ends those under way once their connection has
-  been quiet for a second, and the connection closes exactly as when the timer runs out.
 * **Refusals at boot** for what cannot work: TLS at gunicorn (a taken socket has no TLS
   state; terminate TLS at the proxy, see ``deploy/``).
 """
@@ -125,7 +119,6 @@ class StreamWorker(GeventWorker):
         self.requests_served = 0
         self.owners: set[Owner] = set()
         self._stop = gevent.event.Event()
-        self._idle: set[IdleWait] = set()
 
     # -- boot ------------------------------------------------------------------------
 
@@ -203,10 +196,6 @@ class StreamWorker(GeventWorker):
             self.alive = False
             self._stop.set()
 
-    def timeout_ctx(self) -> IdleWait:
-        """The wait for a keep-alive connection's next request (``keepalive`` seconds)."""
-        return IdleWait(self._idle, self.cfg.keepalive)
-
     # -- stopping --------------------------------------------------------------------
 
     def handle_exit(self, sig: int, frame: Any) -> None:
@@ -234,8 +223,6 @@ class StreamWorker(GeventWorker):
 
         for server in servers:
             server.close()  # first: no new connection can land on this worker
-        for wait in list(self._idle):  # connections between requests have nothing to finish
-            wait.expire()
         successors = None
         if inbox is not None:
             inbox.close()  # and no sibling carries its connections here
@@ -267,49 +254,3 @@ class StreamWorker(GeventWorker):
                 return
             self.notify()
             gevent.sleep(0.1)
-
-
-# How long a keep-alive connection must have been quiet before a stopping worker closes it.
-IDLE_BEFORE_CLOSE = 1.0
-
-
-class IdleWait(gevent.Timeout):
-    """gunicorn's wait for the next request on a keep-alive connection, known to the worker
-    while it runs so that a stopping worker can end it (``expire``) instead of waiting it out."""
-
-    def __init__(self, waits: set[IdleWait], seconds: float) -> None:
-        super().__init__(seconds, False)  # False: when it expires, the read just ends
-        self._waits = waits
-        self._greenlet: gevent.Greenlet | None = None
-        self._since = time.monotonic()
-        self._early = None  # the loop's timer of an early end
-
-    def __enter__(self) -> IdleWait:
-        self._greenlet = gevent.getcurrent()
-        self._since = time.monotonic()
-        self._waits.add(self)
-        return super().__enter__()
-
-    def __exit__(self, typ: Any, value: Any, tb: Any) -> bool | None:
-        self._waits.discard(self)
-        if self._early is not None:
-            self._early.close()
-        return super().__exit__(typ, value, tb)
-
-    def expire(self, idle: float = IDLE_BEFORE_CLOSE) -> None:
-        """End the wait once the connection has been idle ``idle`` seconds (at once if it has
-        been), as its own timer would, from the loop: gunicorn then closes the connection.
-
-        Closing a keep-alive connection races with a request the client may be sending on it
-        (HTTP/1.1 has no way round it: clients retry). A connection in use every few
-        milliseconds is the likeliest to lose that race, and it needs no closing: its next
-        request is answered with ``Connection: close``. So only connections quiet for a moment
-        are closed. A wait that ended meanwhile (its request came) is left alone."""
-        greenlet = self._greenlet
-
-        def throw() -> None:
-            if self in self._waits and greenlet is not None:
-                greenlet.throw(self)
-
-        self._early = gevent.get_hub().loop.timer(max(0.0, self._since + idle - time.monotonic()))
-        self._early.start(throw)

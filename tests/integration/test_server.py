@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
-import signal
 import subprocess
 
 import httpx
@@ -174,24 +172,3 @@ def test_tls_at_gunicorn_is_refused_at_boot_pointing_at_the_proxy(sqlite_env, tm
     assert proc.returncode != 0  # 3 (boot error), or 1 when the arbiter halts from its signal handler
     assert "Tidings does not serve TLS from gunicorn" in proc.stderr
     assert "Terminate TLS at the proxy" in proc.stderr
-
-
-def test_a_deploy_closes_idle_keep_alive_connections_at_once(sqlite_env, tmp_path):
-    # Keep-alive far longer than the test may take: only the stopping worker can end the wait.
-    env = {**sqlite_env, "WEB_CONCURRENCY": "1"}
-    live = LiveServer(env, tmp_path / "gunicorn.log", "--keep-alive", "300").start()
-    try:
-        # Less than the graceful timeout (10 s), after which the worker would close it anyway.
-        idle = http.client.HTTPConnection("127.0.0.1", live.port, timeout=5)
-        idle.request("GET", "/healthz")
-        assert idle.getresponse().read() and idle.sock is not None  # kept alive
-        old = live.live_worker_pids()
-        live.proc.send_signal(signal.SIGHUP)
-        assert idle.sock.recv(1) == b"", "the stopping worker closed the idle connection"
-        wait_until(
-            lambda: live.live_worker_pids() and not live.live_worker_pids() & old, 60, "the new worker"
-        )
-        # A browser's next request opens a new connection, served by the new worker.
-        assert live.get("/healthz").status_code == 200
-    finally:
-        live.stop()

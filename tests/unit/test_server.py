@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
-import re
 import socket
 
 import pytest
 from gunicorn.config import Config
-from gunicorn.workers.base_async import ALREADY_HANDLED, AsyncWorker
+from gunicorn.workers.base_async import ALREADY_HANDLED
 
 from app.server import ENVIRON_KEY, Handover, HandoverRefused, StreamWorker
 
@@ -149,47 +147,3 @@ def test_a_stopping_worker_refuses_to_hand_over(worker, conn):
     with pytest.raises(HandoverRefused):
         handover.take(Owner(), Taken)
     assert conn[0].fileno() != -1  # nothing was detached
-
-
-def test_gunicorn_still_waits_for_a_keep_alive_request_inside_timeout_ctx():
-    # StreamWorker.timeout_ctx ends those waits when the worker stops (app/server.py IdleWait):
-    # it relies on gunicorn's keep-alive loop reading the next request inside timeout_ctx().
-    source = inspect.getsource(AsyncWorker.handle)
-    assert re.search(r"with self\.timeout_ctx\(\):\s+req = next\(parser\)", source), (
-        "gunicorn changed how it waits for a keep-alive request: revisit StreamWorker.timeout_ctx"
-    )
-
-
-def test_an_idle_wait_that_expires_ends_quietly_and_one_that_ended_is_left_alone(worker):
-    import gevent
-
-    woke = []
-
-    def idle() -> None:
-        with worker.timeout_ctx():
-            gevent.sleep(60)  # a keep-alive connection with no next request
-        woke.append("expired")
-
-    waiting = gevent.spawn(idle)
-    gevent.sleep(0)
-    (wait,) = worker._idle
-    wait.expire(idle=0.05)  # quiet for 50 ms: then it ends
-    gevent.sleep(0.01)
-    assert not woke, "a connection in use moments ago is not closed yet"
-    waiting.join(5)
-    assert woke == ["expired"] and not worker._idle
-
-    served = []
-
-    def busy() -> None:
-        with worker.timeout_ctx() as ctx:
-            pass  # its request came at once
-        served.append(ctx)
-        gevent.sleep(0.05)  # the next request is being served when the expiry comes
-        served.append("served")
-
-    running = gevent.spawn(busy)
-    gevent.sleep(0)
-    served[0].expire(idle=0)
-    running.join(5)
-    assert served[1:] == ["served"]
