@@ -13,10 +13,10 @@ port = os.environ.get("PORT", "8000")
 bind = [os.environ.get("BIND") or f"127.0.0.1:{port}"]
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # gunicorn's gevent worker, extended: /stream takes its connection over, streams do not count
-# toward max_requests, and a stopping worker stops accepting before it drains (app/server.py).
-worker_class = "app.server.StreamWorker"
+# toward max_requests, and a stopping worker stops accepting before it drains (flask_tidings/gunicorn.py).
+worker_class = "flask_tidings.gunicorn.StreamWorker"
 # Concurrent requests per worker. Open streams are not among them: once its replay is written
-# a stream is a socket the worker writes to, with no greenlet (app/notifications/live.py).
+# a stream is a socket the worker writes to, with no greenlet (flask_tidings/live.py).
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "1000"))
 preload_app = False
 # The arbiter's liveness timeout: gevent workers report every second, streams or not.
@@ -58,41 +58,20 @@ def on_starting(server):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tidings-metrics-")
 
 
-def on_exit(server):
-    """Remove the folder where this master's workers passed streams to each other (app/succession.py)."""
-    import shutil
-
-    from app.succession import folder_of
-
-    shutil.rmtree(folder_of(server.pid), ignore_errors=True)
-
-
-def child_exit(server, worker):
-    """Forget a dead worker's live gauges (open streams, channels)."""
-    from prometheus_client import multiprocess
-
-    multiprocess.mark_process_dead(worker.pid)
+# Flask-Tidings' own hooks: the carrying folder goes with the master, a dead worker's live gauges
+# with it, and a worker of another class refuses to boot.
+from flask_tidings.gunicorn import child_exit, on_exit  # noqa: E402,F401
 
 
 def post_worker_init(worker):
-    """Refuse workers other than Tidings' own (a sync or threaded one would pin a worker per tab)."""
-    import gevent
+    """Flask-Tidings' checks; then, when the benchmark asks, this worker's counters every second."""
+    from flask_tidings.gunicorn import post_worker_init as tidings_post_worker_init
 
-    from app.server import WORKER_BOOT_ERROR, StreamWorker
-
-    if not isinstance(worker, StreamWorker):
-        worker.log.critical(
-            "Tidings needs its gevent worker class (worker_class = %r, set in gunicorn.conf.py): "
-            "a sync or threaded worker would hold one worker per open stream. "
-            "Start with: gunicorn -c gunicorn.conf.py wsgi:app",
-            worker_class,
-        )
-        sys.exit(WORKER_BOOT_ERROR)  # the arbiter stops instead of respawning
-
-    tune_garbage_collector()
-
+    tidings_post_worker_init(worker)
     metrics_dir = os.environ.get("TIDINGS_METRICS_DIR")
     if metrics_dir:
+        import gevent
+
         from app.metrics import counters
 
         def dump_metrics():
@@ -101,21 +80,3 @@ def post_worker_init(worker):
                 gevent.sleep(1.0)
 
         gevent.spawn(dump_metrics)
-
-
-def tune_garbage_collector():
-    """Keep the cycle collector from costing a seventh of a busy worker's CPU.
-
-    Every Flask request leaves a reference cycle (werkzeug's URL matcher defines a recursive
-    closure per match), so the collector runs often, and each full pass walked the whole app
-    loaded at boot plus every open stream. What the worker loaded at boot is frozen out of
-    the collector's reach (``gc.freeze``), and the youngest generation is collected every
-    20,000 new objects rather than 700: the cycles are still freed, in fewer, larger passes,
-    at the price of ≈ 2.5 MB of young garbage kept between them. Measured with one worker on
-    a core of its own opening 3 × 10,000 streams (docs/benchmarks/README.md, "connect CPU,
-    isolated"): the collector's share of its CPU 14 % → 1.6 %, connect CPU 0.58 → 0.48 ms.
-    """
-    import gc
-
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 10)

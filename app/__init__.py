@@ -1,7 +1,7 @@
 """Tidings: private messages with live notifications, as a Flask application factory.
 
 Importing the package imports nothing else: gunicorn's master loads the worker class from
-``app.server`` before it forks, and Flask, SQLAlchemy and redis-py must first be imported in
+``flask_tidings.gunicorn`` before it forks, and Flask, SQLAlchemy and redis-py must first be imported in
 the workers, after gevent has patched the standard library.
 """
 

@@ -33,8 +33,8 @@ def init_app(app: Flask) -> None:
     @click.argument("data")
     def notify_command(username: str, name: str, data: str) -> None:
         """Store and publish notification NAME with JSON DATA for USERNAME."""
-        from app.notifications.kinds import NotificationRefused
-        from app.notifications.store import notify
+        from app.notifications import tidings
+        from flask_tidings import NotificationRefused
 
         user = db.session.scalar(sa.select(User).where(User.username == username))
         if user is None:
@@ -46,7 +46,8 @@ def init_app(app: Flask) -> None:
         except ValueError as exc:
             raise click.ClickException(f"DATA is not valid JSON: {exc}") from None
         try:
-            event = notify(user, name, payload)
+            event = tidings.notify(user, name, payload)
+            db.session.commit()
         except NotificationRefused as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"stored and published notification {event.id} ({name}) for {username}")
@@ -84,32 +85,24 @@ def init_app(app: Flask) -> None:
         """
         import redis
 
-        from app.extensions import realtime
-        from app.notifications.events import channel_for
+        from app.notifications import tidings
 
         user = db.session.scalar(sa.select(User).where(User.username == username))
         if user is None:
             raise click.ClickException(f"no user named {username!r}")
-        channel = channel_for(user.id)
+        mode = "sharded, on the node that owns it" if app.config["REDIS_CLUSTER"] else "on"
         try:
-            if app.config["REDIS_CLUSTER"]:
-                pubsub = realtime.redis.pubsub()
-                pubsub.ssubscribe(channel)
-                read = lambda: pubsub.get_sharded_message(timeout=1.0)  # noqa: E731
-                where = f"sharded, on the node of slot {realtime.redis.keyslot(channel)}"
-            else:
-                pubsub = realtime.redis.pubsub()
-                pubsub.subscribe(channel)
-                read = lambda: pubsub.get_message(timeout=1.0)  # noqa: E731
-                where = "on " + app.config["REDIS_URL"]
-            click.echo(f"following {channel} ({username}) {where}; Ctrl-C stops", err=True)
+            click.echo(
+                f"following {tidings.channel(user)} ({username}) {mode} {tidings.where()}; Ctrl-C stops",
+                err=True,
+            )
             seen = 0
-            while not count or seen < count:
-                message = read()
-                if message and message["type"] in ("message", "smessage"):
-                    data = message["data"]
-                    click.echo(data.decode() if isinstance(data, bytes) else data)
+            for message in tidings.follow(user):
+                if message is not None:
+                    click.echo(message)
                     seen += 1
+                if count and seen >= count:
+                    break
         except redis.RedisError as exc:
             raise click.ClickException(f"Redis: {exc}") from None
         except KeyboardInterrupt:

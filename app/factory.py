@@ -10,7 +10,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Engine
 
 from app.config import load_config
-from app.extensions import bootstrap, csrf, db, login, migrate, realtime
+from app.extensions import bootstrap, csrf, db, login, migrate
 from app.limits import limiter
 from app.mail import mail
 
@@ -33,19 +33,19 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     limiter.init_app(app)
     bootstrap.init_app(app)
     mail.init_app(app)
-    realtime.init_app(app)
 
-    from app.notifications import store as notification_store
+    from app.models import Notification, User
+    from app.notifications import tidings
+    from flask_tidings import SQLAlchemyStore
 
-    notification_store.init_app(app)
+    tidings.init_app(app, store=SQLAlchemyStore(db, Notification, lock_rows_of=User))
 
-    from app import auth, errors, main, messages, notifications, ops, security
+    from app import auth, errors, main, messages, ops, security
 
     app.register_blueprint(errors.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(main.bp)
     app.register_blueprint(messages.bp)
-    app.register_blueprint(notifications.bp)
     app.register_blueprint(ops.bp)
     security.init_app(app)
 
@@ -87,15 +87,7 @@ def _template_helpers(app: Flask) -> None:
 
     @app.context_processor
     def navbar_state() -> dict[str, Any]:
-        """The badge count and the stream cursor every logged-in page starts from."""
+        """The badge count every logged-in page starts from."""
         if not current_user.is_authenticated:
             return {}
-        from app.notifications.kinds import KINDS, session_tag
-
-        return {
-            # Tabs of one login share one stream over a BroadcastChannel and a Web Lock of this name.
-            "stream_scope": f"{current_user.id}-{session_tag(current_user.login_token)}",
-            "unread_count": current_user.unread_message_count(),
-            "stream_cursor": current_user.latest_notification_id(),
-            "event_kinds": " ".join(KINDS),
-        }
+        return {"unread_count": current_user.unread_message_count()}

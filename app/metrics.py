@@ -31,9 +31,12 @@ class Counters:
             "sql_statements": self.sql_statements,
             "http_requests": self.http_requests,
         }
-        state = app.extensions.get("tidings.realtime") if app else None
-        if state is not None and state.hub_started:
-            data.update(state.hub.stats())
+        if app is not None:
+            from app.notifications import tidings
+
+            engine = tidings.stats(app)
+            data["sql_statements"] += engine.pop("raw_sql_statements")
+            data.update(engine)
         return data
 
     def write(self, directory: str, app: Flask | None = None) -> None:

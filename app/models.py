@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
@@ -16,7 +15,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from app.blocking import off_the_loop
 from app.extensions import db, login
-from app.rawsql import RawSelect
+from flask_tidings import NotificationMixin, RawSelect
 
 
 def utcnow() -> datetime:
@@ -79,13 +78,6 @@ class User(UserMixin, db.Model):
         if self.last_message_read_time is not None:
             query = query.where(Message.timestamp > self.last_message_read_time)
         return db.session.scalar(query) or 0
-
-    def latest_notification_id(self) -> int:
-        """The newest stored notification id, the cursor a freshly rendered page starts from."""
-        return (
-            db.session.scalar(sa.select(sa.func.max(Notification.id)).where(Notification.user_id == self.id))
-            or 0
-        )
 
 
 class Login(db.Model):
@@ -208,35 +200,12 @@ class Message(db.Model):
         }
 
 
-class Notification(db.Model):
-    """The latest notification of one kind for one user.
-
-    ``key`` is what a new notification replaces: the name, except for events that
-    belong to one of several things (a task's progress), see ``kinds.Kind.key``.
-    The id comes from an autoincrement sequence, so it only grows, even on SQLite
-    where a plain rowid would be reused after the newest row is replaced.
-    """
+class Notification(NotificationMixin, db.Model):
+    """The latest notification of one kind (``Kind.key``) for one user: flask_tidings' store."""
 
     __tablename__ = "notification"
-    __table_args__ = (
-        sa.UniqueConstraint("user_id", "key", name="uq_notification_user_id_key"),
-        {"sqlite_autoincrement": True},
-    )
 
-    id: so.Mapped[int] = so.mapped_column(primary_key=True)
     user_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey(User.id), index=True)
-    name: so.Mapped[str] = so.mapped_column(sa.String(128))
-    key: so.Mapped[str] = so.mapped_column(sa.String(191))
-    timestamp: so.Mapped[float] = so.mapped_column(sa.Float, index=True)
-    payload_json: so.Mapped[str] = so.mapped_column(sa.Text)
-
-    def get_data(self) -> Any:
-        """The JSON payload, decoded."""
-        return json.loads(self.payload_json)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The Notification JSON of the contract."""
-        return {"id": self.id, "name": self.name, "data": self.get_data(), "timestamp": self.timestamp}
 
 
 class Task(db.Model):

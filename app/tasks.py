@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,9 @@ from flask import Flask, current_app
 from rq import Callback, Queue
 from sqlalchemy.exc import IntegrityError
 
-from app.extensions import db, realtime
+from app.extensions import db
 from app.models import Task, User, utcnow
+from app.notifications import tidings
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +43,23 @@ def task_queue() -> Queue:
     """The app's RQ queue (synchronous when TASKS_RUN_INLINE is set, as in unit tests)."""
     return Queue(
         current_app.config["TASK_QUEUE"],
-        connection=realtime.queue_redis,
+        connection=queue_connection(),
         is_async=not current_app.config.get("TASKS_RUN_INLINE", False),
     )
+
+
+def queue_connection() -> redis.Redis:
+    """The Redis RQ's queue lives in: the notifications' own, or on a cluster ``QUEUE_REDIS_URL``'s
+    (RQ needs a plain Redis); one client per process."""
+    if not current_app.config.get("REDIS_CLUSTER"):
+        return tidings.redis
+    pid, client = current_app.extensions.get("rq.connection", (None, None))
+    if pid != os.getpid():
+        client = redis.Redis.from_url(
+            current_app.config["QUEUE_REDIS_URL"], socket_connect_timeout=1, socket_timeout=2
+        )
+        current_app.extensions["rq.connection"] = (os.getpid(), client)
+    return client
 
 
 def active_task(user: User, name: str) -> Task | None:

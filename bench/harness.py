@@ -468,8 +468,7 @@ class Rig:
         """Store and publish ``unread_message_count = count`` for each user, as a send would."""
         from app import create_app
         from app.extensions import db
-        from app.models import User
-        from app.notifications.store import notify
+        from app.notifications import tidings
 
         app = create_app(
             {
@@ -480,7 +479,8 @@ class Rig:
         )
         with app.app_context():
             for uid in user_ids:
-                notify(db.session.get(User, uid), "unread_message_count", count)
+                tidings.notify(uid, "unread_message_count", count)
+            db.session.commit()
             db.engine.dispose()
 
     def close(self) -> None:

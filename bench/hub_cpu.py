@@ -22,8 +22,8 @@ import time  # noqa: E402
 import gevent  # noqa: E402
 import redis  # noqa: E402
 
-from app.notifications.events import channel_for  # noqa: E402
-from app.notifications.hub import Hub  # noqa: E402
+from flask_tidings.events import channel_for  # noqa: E402
+from flask_tidings.hub import Hub  # noqa: E402
 
 USERS = 1000
 

@@ -19,7 +19,7 @@ import httpx
 import psutil
 import redis
 
-from app.succession import folder_of
+from flask_tidings.succession import folder_of
 from harness import tools
 
 ROOT = Path(__file__).resolve().parent.parent

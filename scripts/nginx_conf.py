@@ -61,6 +61,7 @@ def render_site(upstreams: list[str], listen: str, cert: str, key: str, server_n
         CERT=cert,
         KEY=key,
         STATIC_ROOT=str(ROOT / "app" / "static"),
+        TIDINGS_STATIC_ROOT=str(ROOT / "flask_tidings" / "static"),
     )
 
 

@@ -14,8 +14,9 @@ import sqlalchemy as sa
 from flask import Flask
 
 from app import create_app
-from app.extensions import Realtime, db
+from app.extensions import db
 from app.models import User
+from app.notifications import tidings
 from harness.servers import PostgresServer, _Logged
 from harness.tools import Tool
 
@@ -108,7 +109,7 @@ def fake_redis() -> fakeredis.FakeRedis:
 def build_app(config: dict, fake_redis) -> Flask:
     """An app on a fresh schema, publishing to ``fake_redis``."""
     app = create_app(config)
-    Realtime.state(app).redis = fake_redis
+    tidings.use_redis(app, fake_redis)
     with app.app_context():
         db.create_all()
     return app

@@ -19,7 +19,7 @@ from flask import Flask, current_app, has_app_context
 
 from app.extensions import db
 from app.models import Message, Task, User, utcnow
-from app.notifications.store import notify
+from app.notifications import tidings
 from app.tasks import download_url, export_path
 
 log = logging.getLogger(__name__)
@@ -69,14 +69,18 @@ class ProgressReporter:
             return
         self._last_percent, self._last_time = percent, now
         self.task.progress = percent
-        notify(self.task.user, "task_progress", self.payload(percent))
+        tidings.notify(self.task.user, "task_progress", self.payload(percent))
+        db.session.commit()
 
     def finish(self) -> None:
         """Mark the task finished and publish 100 with the download link."""
         self.task.status = "finished"
         self.task.progress = 100
         self.task.finished_at = utcnow()
-        notify(self.task.user, "task_progress", self.payload(100, download_url=download_url(self.task.id)))
+        tidings.notify(
+            self.task.user, "task_progress", self.payload(100, download_url=download_url(self.task.id))
+        )
+        db.session.commit()
 
 
 def export_messages(user_id: int, task_id: str) -> str:
@@ -151,7 +155,9 @@ def mark_failed(task_id: str, reason: str) -> None:
         task.status = "failed"
         task.finished_at = utcnow()
         task.error = reason[:256]
-        notify(task.user, "task_progress", ProgressReporter(task).payload(task.progress, error=task.error))
+        payload = ProgressReporter(task).payload(task.progress, error=task.error)
+        tidings.notify(task.user, "task_progress", payload)
+        db.session.commit()
         log.warning("task %s failed: %s", task_id, reason)
 
 
@@ -173,9 +179,6 @@ def remove_expired_tasks(app: Flask) -> int:
     """Delete finished and failed tasks older than ``EXPORT_RETENTION_HOURS``: their rows, their
     export files and their stored ``task_progress`` notifications (so fresh tabs stop replaying
     them). Returns how many went."""
-    from app.models import Notification
-    from app.notifications.kinds import KINDS
-
     cutoff = utcnow() - timedelta(hours=app.config["EXPORT_RETENTION_HOURS"])
     with app.app_context():
         expired = db.session.scalars(
@@ -183,10 +186,7 @@ def remove_expired_tasks(app: Flask) -> int:
         ).all()
         for task in expired:
             export_path(app, task.user_id, task.id).unlink(missing_ok=True)
-            key = KINDS["task_progress"].key({"task_id": task.id})
-            db.session.execute(
-                sa.delete(Notification).where(Notification.user_id == task.user_id, Notification.key == key)
-            )
+            tidings.forget(task.user_id, "task_progress", {"task_id": task.id})
             db.session.delete(task)
         db.session.commit()
         if expired:

@@ -1,8 +1,8 @@
 """Logins that can be revoked: each one a ``Login`` row whose token the cookies carry.
 
 Logging out revokes the login in the database, so its session cookie and its remember-me
-cookie stop working at once everywhere (copies included), and asks the realtime package to
-close that login's open streams.
+cookie stop working at once everywhere (copies included), and closes that login's open
+streams through flask_tidings (``tidings.end_login``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from app.extensions import db
 from app.models import Login, User, utcnow
-from app.notifications import end_login_streams
+from app.notifications import tidings
 
 
 def start_login(user: User) -> str:
@@ -45,4 +45,4 @@ def _revoke(user: User, tokens: list[str]) -> None:
     )
     db.session.commit()
     for token in tokens:
-        end_login_streams(user.id, token)
+        tidings.end_login(user, token)

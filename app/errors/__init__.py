@@ -9,7 +9,7 @@ from flask import Blueprint, Response, abort, g, jsonify, render_template, reque
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 
-from app.tally import FailureTally
+from flask_tidings import FailureTally
 
 bp = Blueprint("errors", __name__)
 log = logging.getLogger(__name__)

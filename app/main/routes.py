@@ -20,7 +20,7 @@ LAST_SEEN_RESOLUTION = timedelta(minutes=1)
 @bp.before_app_request
 def record_last_seen() -> None:
     """Keep the logged-in user's "last seen" roughly current."""
-    if request.endpoint in (None, "static", "notifications.stream", "notifications.notifications"):
+    if request.endpoint in (None, "static") or request.blueprint == "tidings":
         return
     if current_user.is_authenticated:
         now = utcnow()

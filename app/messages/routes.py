@@ -12,7 +12,7 @@ from app.limits import form_error, limiter, per_user, setting
 from app.messages import bp
 from app.messages.forms import ExportForm, MessageForm
 from app.models import Message, Task, User, utcnow
-from app.notifications.store import lock_user, notify, store
+from app.notifications import tidings
 from app.paging import paginate
 from app.tasks import TaskAlreadyRunning, TaskNotStarted, export_path, launch_task
 
@@ -46,12 +46,12 @@ def send_message(recipient: str):
         return redirect(url_for("main.user", username=recipient))
     form = MessageForm()
     if form.validate_on_submit():
-        lock_user(user.id)  # concurrent sends to one user then count each other's messages
         msg = Message(sender_id=current_user.id, recipient_id=user.id, body=form.message.data)
         db.session.add(msg)
         db.session.flush()
-        store(user, "unread_message_count", user.unread_message_count())
-        store(
+        # Counted once bob's notifications are locked: concurrent sends count each other's messages.
+        tidings.notify(user, "unread_message_count", user.unread_message_count)
+        tidings.notify(
             user,
             "new_message",
             {"message_id": msg.id, "sender": current_user.username, "preview": preview(msg.body)},
@@ -75,9 +75,8 @@ def messages():
     had_unread = current_user.unread_message_count() > 0
     current_user.last_message_read_time = utcnow()
     if had_unread:
-        notify(current_user, "unread_message_count", 0)  # clears the badge in every tab
-    else:
-        db.session.commit()
+        tidings.notify(current_user, "unread_message_count", 0)  # clears the badge in every tab
+    db.session.commit()
     tasks = db.session.scalars(
         sa.select(Task)
         .where(Task.user_id == current_user.id, Task.name == "export_messages")

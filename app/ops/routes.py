@@ -7,15 +7,14 @@ import ipaddress
 import logging
 import os
 
-import redis
 import sqlalchemy as sa
 from flask import Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client import REGISTRY as PROCESS_REGISTRY
 
 from app.errors import json_error
-from app.extensions import db, realtime
-from app.notifications.hub import StreamingUnavailable
+from app.extensions import db
+from app.notifications import tidings
 from app.ops import bp
 
 log = logging.getLogger(__name__)
@@ -41,17 +40,9 @@ def readyz():
     except sa.exc.SQLAlchemyError as exc:  # any driver error means "not ready", said with its cause
         problems.append(f"database: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}")
         db.session.rollback()
-    try:
-        realtime.redis.ping()
-    except redis.RedisError as exc:
-        problems.append(f"redis: {exc.__class__.__name__}: {exc}")
-    try:
-        hub = realtime.hub
-        hub.start()
-        if not hub.connected.wait(HUB_CONNECT_WAIT):
-            problems.append("hub: this worker's pub/sub connection to Redis is down")
-    except StreamingUnavailable as exc:
-        problems.append(f"hub: {exc}")
+    trouble = tidings.check_ready(wait=HUB_CONNECT_WAIT)
+    if trouble:
+        problems.append(trouble)
     if problems:
         log.warning("not ready: %s", "; ".join(problems))
         response, status = json_error(503, "; ".join(problems) if _may_read_metrics() else "not ready")

@@ -74,9 +74,10 @@ def test_pages_through_nginx_carry_hsts_and_the_apps_headers_and_static_files_co
     assert page.headers["strict-transport-security"].startswith("max-age=")
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert page.headers["cache-control"] == "no-store"
-    static = client.get("/static/js/tidings.js")
-    assert static.status_code == 200 and "expires" in static.headers
-    assert "/static/js/tidings.js" not in web.log(), "nginx serves static files itself"
+    for path in ("/static/js/site.js", "/tidings/static/tidings.js"):
+        static = client.get(path)
+        assert static.status_code == 200 and "expires" in static.headers
+        assert path not in web.log(), "nginx serves static files itself"
     assert client.get("/metrics").status_code == 404, "metrics are not public"
     client.close()
 

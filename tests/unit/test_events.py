@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from app.notifications.events import Event, channel_for, user_id_from_channel
-from app.notifications.kinds import key_of
-from app.notifications.live import Unseen
+from flask_tidings.events import Event, channel_for, user_id_from_channel
+from flask_tidings.kinds import Kind, Kinds, NotificationRefused
+from flask_tidings.live import Unseen
 
 
 def test_sse_frame_is_exactly_the_contract():
@@ -66,8 +66,23 @@ def test_channels_and_keys():
     assert channel_for(12) == "notifications:12"
     assert user_id_from_channel("notifications:12") == 12
     assert user_id_from_channel("notifications:x") is None and user_id_from_channel("other:1") is None
-    assert key_of("unread_message_count", 3) == "unread_message_count"
-    assert key_of("task_progress", {"task_id": "ab"}) == "task_progress:ab"
+    kinds = Kinds([Kind("unread_message_count"), Kind("task_progress", per="task_id")])
+    assert kinds.key_of("unread_message_count", 3) == "unread_message_count"
+    assert kinds.key_of("task_progress", {"task_id": "ab"}) == "task_progress:ab"
+    assert kinds.key_of("task_progress", {"other": 1}) == "task_progress"
+    assert kinds.key_of("undeclared", {"task_id": "ab"}) == "undeclared"
+    raw = '{"name": "task_progress", "data": {"task_id": "ab"}}'
+    assert Event.from_json(raw, kinds.key_of).key == "task_progress:ab"
+    assert kinds.for_page() == {"unread_message_count": None, "task_progress": "task_id"}
+
+
+def test_the_reserved_control_name_cannot_be_declared_or_sent():
+    with pytest.raises(ValueError):
+        Kinds([Kind("session_ended")])
+    with pytest.raises(NotificationRefused, match="reserved"):
+        Kinds().declared("session_ended")
+    with pytest.raises(NotificationRefused, match="not a declared"):
+        Kinds([Kind("a")]).declared("b")
 
 
 def test_unseen_sends_each_id_once_and_nothing_below_the_cursor():

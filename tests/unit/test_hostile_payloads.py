@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.notifications.events import Event
-from app.notifications.hub import Hub
+from flask_tidings.events import Event
+from flask_tidings.hub import Hub
 from tests.unit.test_hub import ScriptedPubSub, ev, publish
 
 DEEP = 100_000

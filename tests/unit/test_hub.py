@@ -17,9 +17,9 @@ import gevent.socket
 import pytest
 import redis
 
-from app.notifications.events import Event
-from app.notifications.hub import Hub, Subscription
-from app.notifications.kinds import session_tag
+from flask_tidings.events import Event
+from flask_tidings.hub import Hub, Subscription
+from flask_tidings.kinds import session_tag
 
 
 class ScriptedPubSub:
@@ -152,7 +152,7 @@ def test_slow_consumer_keeps_latest_per_key_then_falls_back_to_the_store(hub, co
 
 def test_malformed_messages_are_logged_and_dropped(hub, conns, caplog):
     sub = hub.subscribe(1)
-    with caplog.at_level(logging.WARNING, logger="app.notifications.hub"):
+    with caplog.at_level(logging.WARNING, logger="flask_tidings.hub"):
         publish(conns[0], 1, b"not json")
         publish(conns[0], 1, b'{"data": 1}')
         publish(conns[0], 1, b'{"name": "announcement", "data": "still here"}')

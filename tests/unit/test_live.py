@@ -12,9 +12,9 @@ import gevent
 import gevent.socket
 import pytest
 
-from app.notifications.events import Event
-from app.notifications.hub import Subscription
-from app.notifications.live import KEEPALIVE, Streams, Unseen
+from flask_tidings.events import Event
+from flask_tidings.hub import Subscription
+from flask_tidings.live import KEEPALIVE, Streams, Unseen
 
 
 class FakeHub:
@@ -192,7 +192,7 @@ def test_idle_streams_get_keepalives_and_busy_ones_do_not(hub, store):
 def test_capacity_counts_open_streams_and_defaults_below_the_open_files_limit(hub, store):
     import resource
 
-    from app.notifications.live import default_capacity
+    from flask_tidings.live import default_capacity
 
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert 0 < default_capacity() < soft, "descriptors stay free for requests, Redis and the database"
@@ -229,7 +229,7 @@ def test_a_failure_while_adopting_closes_the_socket_and_releases_the_subscriptio
 def test_the_per_user_cap_counts_streams_in_redis_and_frees_a_closed_ones_lease(hub, store):
     import fakeredis
 
-    from app.notifications.caps import StreamCap
+    from flask_tidings.caps import StreamCap
 
     client = fakeredis.FakeRedis()
     cap, other_host = StreamCap(client, limit=2), StreamCap(client, limit=2)
@@ -250,7 +250,7 @@ def test_the_per_user_cap_counts_streams_in_redis_and_frees_a_closed_ones_lease(
 def test_a_burst_of_connects_is_capped_exactly_in_few_round_trips():
     import fakeredis
 
-    from app.notifications.caps import StreamCap
+    from flask_tidings.caps import StreamCap
 
     client = fakeredis.FakeRedis()
     cap = StreamCap(client, limit=4)
@@ -273,7 +273,7 @@ def test_without_redis_the_cap_lets_streams_through_and_says_so_once(caplog):
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    from app.notifications.caps import StreamCap
+    from flask_tidings.caps import StreamCap
 
     # As the app's client: no retries. Nothing listens on port 1.
     client = redis.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
@@ -287,7 +287,7 @@ def test_without_redis_the_cap_lets_streams_through_and_says_so_once(caplog):
 def test_a_dead_workers_leases_expire(hub):
     import fakeredis
 
-    from app.notifications.caps import StreamCap
+    from flask_tidings.caps import StreamCap
 
     client = fakeredis.FakeRedis()
     dead = StreamCap(client, limit=1, lease_seconds=0.2)
@@ -336,7 +336,7 @@ def test_draining_spreads_the_reconnects_with_a_retry_each_then_closes(hub, stor
 def test_renewed_leases_outlive_their_first_term():
     import fakeredis
 
-    from app.notifications.caps import StreamCap
+    from flask_tidings.caps import StreamCap
 
     cap = StreamCap(fakeredis.FakeRedis(), limit=2, lease_seconds=0.3)
     leases = [(1, cap.acquire(1)), (1, cap.acquire(1))]

@@ -7,9 +7,16 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from app.extensions import Realtime, db
+from app.extensions import db
 from app.models import Notification, User
-from app.notifications.store import notify, store
+from app.notifications import tidings
+
+
+def notify(user, name, data):
+    """Store and commit, as a job does."""
+    event = tidings.notify(user, name, data)
+    db.session.commit()
+    return event
 
 
 @pytest.fixture
@@ -25,7 +32,7 @@ def test_notify_replaces_the_previous_one_of_that_name_with_a_growing_id(app, us
         third = notify(bob, "unread_message_count", 3)
         rows = db.session.scalars(sa.select(Notification).where(Notification.user_id == bob.id)).all()
         # One row per name, and the id never reused (SQLite would reuse the max rowid).
-        assert [r.to_dict()["data"] for r in rows] == [3]
+        assert [r.to_event().data for r in rows] == [3]
         assert first.id < second.id < third.id == rows[0].id
 
 
@@ -36,7 +43,10 @@ def test_task_progress_of_two_tasks_is_kept_apart(app, users):
         notify(bob, "task_progress", {"task_id": "b", "progress": 50})
         notify(bob, "task_progress", {"task_id": "a", "progress": 20})
         rows = db.session.scalars(sa.select(Notification).order_by(Notification.id)).all()
-        assert [(r.get_data()["task_id"], r.get_data()["progress"]) for r in rows] == [("b", 50), ("a", 20)]
+        assert [(r.to_event().data["task_id"], r.to_event().data["progress"]) for r in rows] == [
+            ("b", 50),
+            ("a", 20),
+        ]
 
 
 def test_sending_a_message_publishes_the_count_after_commit(client, auth, users, fake_redis):
@@ -63,17 +73,18 @@ def test_nothing_is_published_when_the_transaction_rolls_back(app, users, fake_r
     pubsub.get_message(timeout=1)
     with app.app_context():
         bob = db.session.get(User, users["bob"])
-        store(bob, "unread_message_count", 5)
+        tidings.notify(bob, "unread_message_count", 5)
         db.session.rollback()
         assert db.session.scalar(sa.select(sa.func.count(Notification.id))) == 0
     assert pubsub.get_message(timeout=0.3) is None
 
 
 def test_send_succeeds_and_warns_when_redis_is_down(client, auth, users, app, caplog):
-    Realtime.state(app).redis = None  # the app's own client, on a port where nothing listens
-    assert Realtime.state(app).redis.connection_pool.connection_kwargs["port"] == 1
+    tidings.use_redis(app, None)  # the app's own client, on a port where nothing listens
+    with app.app_context():
+        assert tidings.redis.connection_pool.connection_kwargs["port"] == 1
     auth.login("alice")
-    with caplog.at_level(logging.WARNING, logger="app.notifications.store"):
+    with caplog.at_level(logging.WARNING, logger="flask_tidings.extension"):
         r = client.post("/send_message/bob", data={"message": "during an outage"})
     assert r.status_code == 302
     assert "could not publish to Redis" in caplog.text
@@ -188,7 +199,7 @@ def test_flask_notify_refuses_what_must_not_be_stored_with_a_message(runner, app
 
 
 def test_repeated_publish_failures_are_summed_up_not_logged_each(caplog):
-    from app.tally import FailureTally
+    from flask_tidings.tally import FailureTally
 
     tally = FailureTally(logging.getLogger("tally-test"), "publish to Redis", interval=0.05)
     with caplog.at_level(logging.INFO, logger="tally-test"):

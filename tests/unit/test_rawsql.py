@@ -1,4 +1,4 @@
-"""The stream connect's two queries on the driver's cursor (app/rawsql.py): the same answers as
+"""The stream connect's two queries on the driver's cursor (flask_tidings/rawsql.py): the same answers as
 SQLAlchemy, and SQLAlchemy's errors when the database fails (so a stream is a 503, not a 500)."""
 
 import psycopg
@@ -8,8 +8,17 @@ from sqlalchemy.pool import NullPool
 
 from app.extensions import db
 from app.models import Login, User, user_id_of_login
-from app.notifications.store import notify, stored_events
-from app.rawsql import RawSelect
+from app.notifications import tidings
+from flask_tidings.rawsql import RawSelect
+
+
+def notify(user, name, data):
+    tidings.notify(user, name, data)
+    db.session.commit()
+
+
+def stored_events(user_id, since_id=0):
+    return tidings.store.since_id(user_id, since_id)
 
 
 def test_answers_match_sqlalchemy_core(app, auth):

@@ -46,7 +46,7 @@ def test_pages_carry_no_inline_script_or_style(page):
 
 
 def test_static_files_may_be_cached(client):
-    r = client.get("/static/js/tidings.js")
+    r = client.get("/tidings/static/tidings.js")
     assert r.status_code == 200
     assert r.headers.get("Cache-Control") != "no-store"
 

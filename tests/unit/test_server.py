@@ -10,7 +10,7 @@ import pytest
 from gunicorn.config import Config
 from gunicorn.workers.base_async import ALREADY_HANDLED
 
-from app.server import ENVIRON_KEY, Handover, HandoverRefused, StreamWorker
+from flask_tidings.gunicorn import ENVIRON_KEY, Handover, HandoverRefused, StreamWorker
 
 
 class Owner:

@@ -12,9 +12,9 @@ import gevent.queue
 import pytest
 import redis
 
-from app.notifications.events import Event
-from app.notifications.hub import Hub
-from app.notifications.shards import ShardedHub
+from flask_tidings.events import Event
+from flask_tidings.hub import Hub
+from flask_tidings.shards import ShardedHub
 from tests.unit.test_hub import ScriptedPubSub
 
 

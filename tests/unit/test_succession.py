@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app import succession
-from app.notifications.hub import Subscription
-from app.notifications.live import CARRIED, Streams, Unseen
-from app.succession import Inbox, Successors
+from flask_tidings import succession
+from flask_tidings.hub import Subscription
+from flask_tidings.live import CARRIED, Streams, Unseen
+from flask_tidings.succession import Inbox, Successors
 from tests.unit.test_live import Store, ev, open_stream
 
 

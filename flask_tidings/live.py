@@ -1,7 +1,7 @@
 """Open streams after their handshake: sockets written to directly, with no greenlet each.
 
 ``/stream`` is served by Flask like any other request until the store has been read. Its
-response then takes the socket over (``routes.StreamHandover``): it writes the response head,
+response then takes the socket over (``views.StreamHandover``): it writes the response head,
 ``retry:`` and the replay itself and hands the socket to this process's ``Streams``. From
 then on an event costs one non-blocking ``send`` per tab, made by the hub's listener as it
 reads the event from Redis, and an idle stream costs a socket, two small objects and a read
@@ -9,7 +9,7 @@ watcher that notices the browser going away. No greenlet, request context or dat
 connection stays behind.
 
 When the worker stops (a deploy, ``max_requests``) its streams are carried to the workers
-that succeed it (``app/succession.py``): each socket, with its user, login, lease and what
+that succeed it (``succession.py``): each socket, with its user, login, lease and what
 it has seen, goes to a new worker, which subscribes, re-reads the store above what the
 stream has seen and carries on; the browser's connection never closes. Streams that cannot
 be carried (no successor within ``handoff_seconds``, a stream behind on its writes) are
@@ -36,11 +36,11 @@ import gevent
 import gevent.event
 import gevent.pool
 
-from app import telemetry
-from app.notifications.caps import StreamCap
-from app.notifications.events import Event
-from app.notifications.hub import Hub, Subscription
-from app.succession import PACKET_FDS, Successors
+from flask_tidings import telemetry
+from flask_tidings.caps import StreamCap
+from flask_tidings.events import Event
+from flask_tidings.hub import Hub, Subscription
+from flask_tidings.succession import PACKET_FDS, Successors
 
 log = logging.getLogger(__name__)
 
@@ -306,31 +306,6 @@ class Streams:
         self._work = gevent.event.Event()
         self._pool = gevent.pool.Pool(resync_concurrency)
         self._greenlets: list[gevent.Greenlet] = []
-
-    @classmethod
-    def for_app(cls, app, hub: Hub, client) -> Streams:
-        """Streams reading the app's store and settings, capping users' streams in ``client``'s Redis."""
-        from app.models import open_logins
-        from app.notifications.store import stored_events
-
-        def read_store(user_id: int, since_id: int) -> list[Event]:
-            with app.app_context():
-                return stored_events(user_id, since_id)
-
-        def logins(tokens: Collection[str]) -> set[str]:
-            with app.app_context():
-                return open_logins(tokens)
-
-        return cls(
-            hub,
-            read_store,
-            heartbeat=float(app.config["SSE_HEARTBEAT_SECONDS"]),
-            capacity=int(app.config["MAX_STREAMS_PER_WORKER"]),
-            cap=StreamCap(client, int(app.config["MAX_STREAMS_PER_USER"])),
-            drain_retry_ms=int(app.config["SSE_DRAIN_RETRY_MS"]),
-            handoff_seconds=float(app.config["SSE_HANDOFF_SECONDS"]),
-            open_logins=logins,
-        )
 
     def adopt(
         self, sub: Subscription, fd: int, unseen: Unseen, head: bytes, lease: str | None = None

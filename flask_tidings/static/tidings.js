@@ -1,70 +1,29 @@
-// Tidings in the browser: the badge, toasts and progress bars, live in every tab.
+// Flask-Tidings in the browser: one notification stream per browser and login, shared by its tabs.
 //
-// One stream per browser and login: the tabs elect a leader with the Web Locks API; only the
-// leader holds an EventSource, and it relays every event (and a beat each second) to the
-// other tabs on a BroadcastChannel named for the user and login. When the leader goes away
-// (closed, navigated, discarded) the next tab in the lock's queue leads at once, resuming
-// from the newest id any tab saw; when it stops beating (the browser froze it) a follower
-// steals the lock. Without Web Locks or BroadcastChannel every tab opens its own stream;
-// without EventSource, tabs poll /notifications?since=. Every event is re-dispatched on
+// The tabs elect a leader with the Web Locks API; only the leader holds an EventSource, and it
+// relays every event (and a beat each second) to the other tabs on a BroadcastChannel named for
+// the user and login. When the leader goes away (closed, navigated, discarded) the next tab in
+// the lock's queue leads at once, resuming from the newest id any tab saw; when it stops beating
+// (the browser froze it) a follower steals the lock. Without Web Locks or BroadcastChannel every
+// tab opens its own stream; without EventSource, tabs poll /notifications?since=.
+//
+// This is transport only. A page shows events by registering handlers, in a script after this
+// one: `Tidings.on("kind", function (n, live) { ... })` (`n` is the Notification object; `live`
+// is false for what a poller's first request finds). Every event is also re-dispatched on
 // `document` as a "tidings:<name>" CustomEvent. Pure parts live in tidings-core.js.
 (function () {
   "use strict";
   var core = window.TidingsCore;
 
-  // Show n unread messages wherever the page shows the count: the navbar badge (hidden, not
-  // removed, at 0), its copy on the collapsed phone navbar, and counts in the page itself.
-  function set_message_count(n) {
-    document.querySelectorAll("[data-unread-count]").forEach(function (el) {
-      el.textContent = String(n);
-      if (el.classList.contains("badge")) el.classList.toggle("invisible", !n);
-    });
-    document.querySelectorAll("[data-unread-plural]").forEach(function (el) {
-      el.textContent = Number(n) === 1 ? "" : "s";
-    });
-  }
-  window.set_message_count = set_message_count;
-
-  // A small Bootstrap toast. Text goes in with textContent: message bodies are never HTML.
-  function showToast(title, body, href) {
-    var box = document.getElementById("toasts");
-    if (!box) return;
-    var toast = document.createElement("div");
-    toast.className = "toast show";
-    toast.setAttribute("role", "status");
-    var head = document.createElement("div");
-    head.className = "toast-header";
-    var strong = document.createElement("strong");
-    strong.className = "me-auto";
-    strong.textContent = title;
-    var close = document.createElement("button");
-    close.type = "button";
-    close.className = "btn-close";
-    close.setAttribute("aria-label", "Close");
-    close.addEventListener("click", function () { toast.remove(); });
-    head.appendChild(strong);
-    head.appendChild(close);
-    var content = document.createElement(href ? "a" : "div");
-    content.className = "toast-body d-block";
-    if (href) content.href = href;
-    content.textContent = body;
-    toast.appendChild(head);
-    toast.appendChild(content);
-    box.appendChild(toast);
-    setTimeout(function () { toast.remove(); }, 8000);
-  }
-  window.tidingsToast = showToast;
-
-  // How the page shows each kind it knows; every declared kind is re-dispatched regardless.
-  var handlers = {
-    unread_message_count: function (n) { set_message_count(n.data); },
-    new_message: function (n, live) {
-      if (live && n.data) showToast("Message from " + n.data.sender, n.data.preview, "/messages");
+  var handlers = {};
+  var api = {
+    // Call handler(n, live) for each notification of `kind` this tab receives, once per id.
+    on: function (kind, handler) {
+      (handlers[kind] = handlers[kind] || []).push(handler);
+      return api;
     },
-    announcement: function (n, live) {
-      if (live) showToast("Announcement", typeof n.data === "string" ? n.data : JSON.stringify(n.data));
-    }
   };
+  window.Tidings = api;
 
   var body = document.body;
   var streamUrl = body.getAttribute("data-stream-url");
@@ -72,16 +31,19 @@
   var pollUrl = body.getAttribute("data-poll-url");
   var loginUrl = body.getAttribute("data-login-url");
   var scope = body.getAttribute("data-stream-scope");
-  var eventKinds = (body.getAttribute("data-event-kinds") || "").split(" ").filter(Boolean);
+  var kinds = {};
+  try { kinds = JSON.parse(body.getAttribute("data-event-kinds") || "{}") || {}; } catch (err) { kinds = {}; }
+  var eventKinds = Object.keys(kinds);
   var cursor = new core.Cursor(body.getAttribute("data-last-event-id"));
-  var seen = new core.Seen();
+  var seen = new core.Seen(kinds);
   var BEAT_MS = 1000;
   var watchdog = new core.Watchdog(3500);
 
   function deliver(n, live) {
     if (!seen.admit(n)) return;
-    var handler = handlers[n.name];
-    if (handler) handler(n, live);
+    (handlers[n.name] || []).forEach(function (handler) {
+      try { handler(n, live); } catch (err) { if (window.console) console.error(err); }
+    });
     document.dispatchEvent(new CustomEvent("tidings:" + n.name, { detail: n }));
   }
 
@@ -115,7 +77,7 @@
     clearTimeout(retryTimer);
     if (source) source.close();
     source = new EventSource(streamUrl + "?last_event_id=" + encodeURIComponent(String(cursor.id)));
-    // Every kind the server declares (app/notifications/kinds.py), not a list kept here.
+    // Every kind the server declares (Tidings(kinds=...)), not a list kept here.
     eventKinds.forEach(function (name) { source.addEventListener(name, onEvent); });
     source.onmessage = onEvent;
     source.onopen = function () {

@@ -28,8 +28,8 @@ import gevent
 import redis
 from redis.cluster import RedisCluster
 
-from app.notifications.events import channel_for, user_id_from_channel
-from app.notifications.hub import Hub, Subscription
+from flask_tidings.events import channel_for, user_id_from_channel
+from flask_tidings.hub import Hub, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,14 @@ class ShardedHub:
         self.sharded = True
 
     @classmethod
-    def for_app(cls, app) -> ShardedHub:
-        """Hubs for the cluster whose seed node is the app's ``REDIS_URL``."""
-        cluster = RedisCluster.from_url(app.config["REDIS_URL"], socket_connect_timeout=2, socket_timeout=5)
+    def for_url(cls, url: str, **hub_options: Any) -> ShardedHub:
+        """Hubs for the cluster whose seed node is at ``url`` (``hub_options``: ``Hub.for_url``'s)."""
+        cluster = RedisCluster.from_url(url, socket_connect_timeout=2, socket_timeout=5)
 
         def make_hub(host: str, port: int, on_moved, on_lost) -> Hub:
-            return Hub.for_app(app, host=host, port=port, sharded=True, on_moved=on_moved, on_lost=on_lost)
+            return Hub.for_url(
+                url, host=host, port=port, sharded=True, on_moved=on_moved, on_lost=on_lost, **hub_options
+            )
 
         return cls(cluster, make_hub)
 

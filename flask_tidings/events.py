@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-from app.notifications.kinds import key_of
 
 CHANNEL_PREFIX = "notifications:"
 CHANNEL_PATTERN = CHANNEL_PREFIX + "*"
@@ -33,23 +32,21 @@ def user_id_from_channel(channel: str) -> int | None:
 class Event:
     """One notification as it travels: JSON on Redis and in /notifications, SSE on /stream.
 
-    ``id`` is None for ephemeral events an operator publishes straight to a channel.
+    ``id`` is None for ephemeral events an operator publishes straight to a channel. ``key``
+    is what it replaces in the store (``Kind.key``); the name when not given.
     """
 
     name: str
     data: Any
     timestamp: float
     id: int | None = None
-    # The SSE frame and the key, computed once however many streams an event fans out to.
+    key: str = field(default="", repr=False, compare=False)
+    # The SSE frame, built once however many streams an event fans out to.
     _wire: bytes | None = field(default=None, init=False, repr=False, compare=False)
-    _key: str | None = field(default=None, init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> str:
-        """What this notification replaces in the store (see ``kinds.Kind.key``)."""
-        if self._key is None:
-            object.__setattr__(self, "_key", key_of(self.name, self.data))
-        return self._key
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", self.name)
 
     def to_dict(self) -> dict[str, Any]:
         """The contract's Notification object."""
@@ -77,9 +74,10 @@ class Event:
         return self.wire.decode()
 
     @classmethod
-    def from_json(cls, raw: str | bytes) -> Event:
+    def from_json(cls, raw: str | bytes, key_of: Callable[[str, Any], str] | None = None) -> Event:
         """Parse a channel message; ValueError unless it is a JSON object with a string name
-        that can be sent on as it came (finite numbers, sane nesting, at most 64 KB)."""
+        that can be sent on as it came (finite numbers, sane nesting, at most 64 KB).
+        ``key_of(name, data)`` gives its store key (the kinds' rule)."""
         if len(raw) > MAX_MESSAGE_BYTES:
             raise ValueError(f"{len(raw)} bytes, more than {MAX_MESSAGE_BYTES}")
         try:
@@ -103,11 +101,13 @@ class Event:
             timestamp = None
         elif not math.isfinite(timestamp):
             timestamp = None
+        data = body.get("data")
         event = cls(
             name=name,
-            data=body.get("data"),
+            data=data,
             timestamp=float(timestamp) if timestamp is not None else _now(),
             id=event_id,
+            key=key_of(name, data) if key_of else name,
         )
         try:
             event.wire  # noqa: B018 - encoded once here, so a message that cannot be sent is refused

@@ -1,5 +1,5 @@
-// The parts of Tidings' page script that need no browser: backoff, the shared cursor, the
-// per-tab filter that handles no event twice, the leader's watchdog and the election over
+// The parts of Flask-Tidings' browser client that need no browser: backoff, the shared cursor,
+// the per-tab filter that handles no event twice, the leader's watchdog and the election over
 // the Web Locks API. tidings.js uses them as window.TidingsCore; node's test runner
 // (tests/js/, `make test`) requires this file directly.
 (function (root, factory) {
@@ -28,20 +28,24 @@
     return true;
   };
 
-  // What a notification replaces (the server's kinds.Kind.key): per name, per task for progress.
-  function keyOf(n) {
-    if (n.name === "task_progress" && n.data && n.data.task_id) return "task_progress:" + n.data.task_id;
+  // What a notification replaces, by the server's rule (Kind.key): its name, or, for a kind
+  // declared with a `per` field, its name and that field's value. `kinds` maps each declared
+  // name to its `per` field or null (the page's data-event-kinds).
+  function keyOf(n, kinds) {
+    var per = kinds && Object.prototype.hasOwnProperty.call(kinds, n.name) ? kinds[n.name] : null;
+    if (per && n.data && typeof n.data === "object" && n.data[per]) return n.name + ":" + n.data[per];
     return n.name;
   }
 
   // One tab's memory of what it handled: a stored notification (with an id) is handled once,
   // whether it came from this tab's own stream, a relay, or a replay after a hand-over.
-  function Seen() {
+  function Seen(kinds) {
+    this.kinds = kinds || {};
     this.byKey = {};
   }
   Seen.prototype.admit = function (n) {
     if (n.id === undefined || n.id === null) return true; // ephemeral: relayed exactly once
-    var key = keyOf(n);
+    var key = keyOf(n, this.kinds);
     if (this.byKey[key] !== undefined && n.id <= this.byKey[key]) return false;
     this.byKey[key] = n.id;
     return true;

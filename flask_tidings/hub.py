@@ -27,10 +27,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import InvalidResponse
 from redis.retry import Retry
 
-from app import telemetry
-from app.notifications.events import Event, channel_for, user_id_from_channel
-from app.notifications.kinds import SESSION_ENDED, session_tag
-from app.tally import FailureTally
+from flask_tidings import telemetry
+from flask_tidings.events import Event, channel_for, user_id_from_channel
+from flask_tidings.kinds import SESSION_ENDED, session_tag
+from flask_tidings.tally import FailureTally
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,10 @@ class Hub:
         sharded: bool = False,
         on_moved: Callable[[list[str]], None] | None = None,
         on_lost: Callable[[], None] | None = None,
+        key_of: Callable[[str, Any], str] | None = None,
     ) -> None:
         self._connect = connect
+        self.key_of = key_of  # the kinds' store-key rule, for events read off the channel
         # Sharded pub/sub (a Redis Cluster node, see shards.py): SSUBSCRIBE, one channel per
         # command (a command's channels must share a slot); the cluster calls back when a
         # channel's slot moved away (``on_moved``) or this node cannot be reached (``on_lost``).
@@ -161,17 +163,17 @@ class Hub:
         self._unconfirmed = FailureTally(log, "get a subscription confirmed in time")
 
     @classmethod
-    def for_app(cls, app, **options: Any) -> Hub:
-        """A hub reading the app's ``REDIS_URL`` (``options``: the node's ``host`` and ``port``
+    def for_url(cls, url: str, *, ping_interval: float = 10.0, **options: Any) -> Hub:
+        """A hub reading the Redis at ``url`` (``options``: the node's ``host`` and ``port``
         instead, and Hub's own keywords); refuses to exist without gevent."""
         require_gevent()
-        kwargs = redis.connection.parse_url(app.config["REDIS_URL"])
+        kwargs = redis.connection.parse_url(url)
         for key in ("host", "port"):
             if key in options:
                 kwargs[key] = options.pop(key)
         if options.get("sharded"):
             kwargs.pop("db", None)  # a cluster has database 0 only
-        ping = float(app.config.get("HUB_PING_SECONDS", 10.0))
+        ping = float(ping_interval)
         kwargs.update(
             protocol=2,
             client_name="tidings-hub",
@@ -241,6 +243,13 @@ class Hub:
                 sub.close()
                 closed += 1
         return closed
+
+    def close_user(self, user_id: int) -> int:
+        """Close every stream of ``user_id``; returns how many."""
+        subs = list(self._subs.get(user_id, ()))
+        for sub in subs:
+            sub.close()
+        return len(subs)
 
     def users(self) -> list[int]:
         """The users whose channels this hub subscribes."""
@@ -470,14 +479,16 @@ class Hub:
         if not subs:
             return
         try:
-            event = Event.from_json(raw)
+            event = Event.from_json(raw, self.key_of)
         except ValueError as exc:
             log.warning("dropped a message on %s: %s: %.200r", channel, exc, raw)
             return
         if event.name == SESSION_ENDED:
-            tag = event.data.get("session") if isinstance(event.data, dict) else None
-            if isinstance(tag, str):
-                self.close_session(user_id, tag)
+            data = event.data if isinstance(event.data, dict) else {}
+            if data.get("all") is True:
+                self.close_user(user_id)
+            elif isinstance(data.get("session"), str):
+                self.close_session(user_id, data["session"])
             return
         telemetry.DELIVERIES.inc(len(subs))
         for sub in list(subs):

@@ -22,7 +22,7 @@ import gevent
 import gevent.event
 import redis
 
-from app.tally import FailureTally
+from flask_tidings.tally import FailureTally
 
 log = logging.getLogger(__name__)
 

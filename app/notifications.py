@@ -1,0 +1,68 @@
+"""The site's live notifications: the kinds it declares and its ``Tidings`` (flask_tidings).
+
+One event's path: a view (or job) calls ``tidings.notify()`` and commits → the extension
+publishes to ``notifications:<user_id>`` → each worker's hub offers it to the user's open
+streams → ``/stream`` → the browser's ``EventSource`` (flask_tidings/static/tidings.js) →
+the handler this site registered for the kind (static/js/site.js) → the badge.
+
+Who a stream belongs to is the login its session carries, checked by the same rule as
+Flask-Login's loader but without loading the user (``user_id_of_login``): a deploy without
+carrying reconnects every stream at once. To add a kind, add a line to ``KINDS``, and, if the
+page should do more than re-dispatch it as ``tidings:<name>``, a handler in ``site.js``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from flask_login import current_user
+
+from app.limits import limiter, per_user, setting
+from app.login_session import session_login
+from app.models import open_logins, user_id_of_login
+from flask_tidings import Identity, Kind, Tidings
+
+KINDS = [
+    Kind("unread_message_count", "the navbar badge and every count on the page (data: int)"),
+    Kind("new_message", "a toast linking to the inbox (data: sender, preview)"),
+    Kind("task_progress", "the task's progress bar; a download link at 100", per="task_id"),
+    Kind("announcement", "a toast with the text (data: str)"),
+    # No handler on the page: re-dispatched as tidings:build_finished for the site's own script.
+    Kind("build_finished", "nothing by itself: an example of a site's own kind"),
+]
+
+
+def _per_stream_user() -> str:
+    who = tidings.current_identity()
+    return f"user:{who.user_id}" if who else per_user()
+
+
+tidings = Tidings(
+    kinds=KINDS,
+    stream_decorators=[
+        limiter.limit(
+            setting("STREAM_RATE"),
+            key_func=_per_stream_user,
+            error_message="too many stream connections; slow down",
+        )
+    ],
+)
+
+
+@tidings.identity_loader
+def stream_identity() -> Identity | None:
+    """The request's user and login: the session's login looked up without loading the user;
+    a request carrying only a remember-me cookie goes through Flask-Login as pages do."""
+    token = session_login()
+    user_id = user_id_of_login(token) if token is not None else None
+    if user_id is not None:
+        return Identity(user_id, token)
+    if current_user.is_authenticated:
+        return Identity(current_user.id, current_user.login_token)
+    return None
+
+
+@tidings.login_checker
+def still_open(tokens: Collection[str]) -> set[str]:
+    """Carried streams whose login was revoked meanwhile are closed."""
+    return open_logins(tokens)
