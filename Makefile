@@ -46,8 +46,10 @@ test-fast: $(VENV)/.dev-deps
 	node --test tests/js/
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+# ruff, then import-linter's contracts (pyproject.toml): flask_tidings never imports the site, the
+# site uses only its public API, and the site's modules import each other without cycles.
 lint: $(VENV)/.dev-deps
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/lint-imports
 
 # The benchmark has its own environment: the app plus the Flask-SSE peer and matplotlib.
 $(BENCH_VENV)/.deps: requirements.txt bench/requirements.txt

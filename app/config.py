@@ -132,20 +132,23 @@ def load_config(instance_path: str) -> dict:
         "SQLALCHEMY_DATABASE_URI": os.environ.get("DATABASE_URL") or f"sqlite:///{instance / 'tidings.db'}",
         "REDIS_URL": redis_url,
         # REDIS_URL is a seed node of a Redis Cluster: notifications use sharded pub/sub
-        # (app/notifications/shards.py); the background queue stays on QUEUE_REDIS_URL.
+        # (flask_tidings/shards.py); the background queue stays on QUEUE_REDIS_URL.
         "REDIS_CLUSTER": cluster,
         "QUEUE_REDIS_URL": queue_url or redis_url,
-        "SSE_HEARTBEAT_SECONDS": _int_env("SSE_HEARTBEAT_SECONDS", 15),
-        "SSE_RETRY_MS": _int_env("SSE_RETRY_MS", 3000),
+        # Flask-Tidings' settings (docs/configuration.md), from this site's environment names.
+        "TIDINGS_REDIS_URL": redis_url,
+        "TIDINGS_REDIS_CLUSTER": cluster,
+        "TIDINGS_HEARTBEAT_SECONDS": _int_env("SSE_HEARTBEAT_SECONDS", 15),
+        "TIDINGS_RETRY_MS": _int_env("SSE_RETRY_MS", 3000),
         # A stopping worker tells each stream to come back after a random 0.5 s to this long.
-        "SSE_DRAIN_RETRY_MS": _int_env("SSE_DRAIN_RETRY_MS", 5000),
-        # How long a stopping worker waits for the new workers to take its open streams over
-        # (app/succession.py); 0: never carry them, close them (with the retry: above).
-        "SSE_HANDOFF_SECONDS": _int_env("SSE_HANDOFF_SECONDS", 10, minimum=0),
+        "TIDINGS_DRAIN_RETRY_MS": _int_env("SSE_DRAIN_RETRY_MS", 5000),
+        # How long a stopping worker waits for the new workers to take its open streams over;
+        # 0: never carry them, close them (with the retry: above).
+        "TIDINGS_HANDOFF_SECONDS": _int_env("SSE_HANDOFF_SECONDS", 10, minimum=0),
         # Open streams one worker holds before answering 503; 0: what its open-files limit allows.
-        "MAX_STREAMS_PER_WORKER": _int_env("MAX_STREAMS_PER_WORKER", 0),
+        "TIDINGS_MAX_STREAMS_PER_WORKER": _int_env("MAX_STREAMS_PER_WORKER", 0),
         # Open streams one user may hold across every worker and host (0: no cap); beyond: 429.
-        "MAX_STREAMS_PER_USER": _int_env("MAX_STREAMS_PER_USER", 32, minimum=0),
+        "TIDINGS_MAX_STREAMS_PER_USER": _int_env("MAX_STREAMS_PER_USER", 32, minimum=0),
         "MESSAGES_PER_PAGE": _int_env("MESSAGES_PER_PAGE", 25),
         "USERS_PER_PAGE": _int_env("USERS_PER_PAGE", 25),
         "EXPORT_DIR": os.environ.get("EXPORT_DIR") or str(instance / "exports"),

@@ -64,7 +64,7 @@ def form_error(render: Callable[[str], str], what: str) -> Callable[[RequestLimi
     """
 
     def on_breach(limit: RequestLimit) -> Response | None:
-        from app.errors import wants_json
+        from app.responses import wants_json
 
         if wants_json():
             return None

@@ -300,8 +300,11 @@ class _TemplateHelper:
     def __init__(self, ext: Tidings) -> None:
         self._ext = ext
 
-    def attributes(self) -> Markup:
-        """The ``data-`` attributes the page script starts from; empty when nobody is logged in."""
+    def attributes(self, replay: bool = False) -> Markup:
+        """The ``data-`` attributes the page script starts from; empty when nobody is logged in.
+
+        The stream resumes after the newest notification stored when the page was rendered (the
+        page shows the state itself); ``replay=True``: it replays every stored one first."""
         import json
 
         who = self._ext.current_identity()
@@ -312,7 +315,7 @@ class _TemplateHelper:
             "data-stream-url": url_for("tidings.stream"),
             "data-poll-url": url_for("tidings.notifications"),
             "data-login-url": state.login_url(),
-            "data-last-event-id": str(self._ext.latest_id(who.user_id)),
+            "data-last-event-id": "0" if replay else str(self._ext.latest_id(who.user_id)),
             "data-event-kinds": json.dumps(self._ext.kinds.for_page(), separators=(",", ":")),
             # Tabs of one login share one stream over a BroadcastChannel and a Web Lock of this name.
             "data-stream-scope": f"{who.user_id}-{session_tag(who.login or '')}",

@@ -29,6 +29,7 @@ from redis.retry import Retry
 
 from flask_tidings import telemetry
 from flask_tidings.events import Event, channel_for, user_id_from_channel
+from flask_tidings.fences import redis_socket
 from flask_tidings.kinds import SESSION_ENDED, session_tag
 from flask_tidings.tally import FailureTally
 
@@ -511,8 +512,7 @@ class _Reading:
     __slots__ = ("ended", "error", "heard", "replied", "_sock", "_parser", "_handle", "_watcher")
 
     def __init__(self, conn: Any, handle: Callable[[Any], None]) -> None:
-        sock = conn._sock  # redis-py's socket; under gevent a wrapper of the real, non-blocking one
-        self._sock = getattr(sock, "_sock", sock)
+        self._sock = redis_socket(conn)
         if self._sock.gettimeout() != 0:
             raise RuntimeError("the hub reads a non-blocking socket: run it under gevent")
         self._parser = hiredis.Reader(protocolError=InvalidResponse, replyError=redis.ResponseError)

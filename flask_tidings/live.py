@@ -23,11 +23,11 @@ of the last whole event it got and the store replays the rest, exactly once.
 
 from __future__ import annotations
 
-import _socket
 import logging
 import os
 import random
 import resource
+import socket
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Iterable
@@ -39,6 +39,7 @@ import gevent.pool
 from flask_tidings import telemetry
 from flask_tidings.caps import StreamCap
 from flask_tidings.events import Event
+from flask_tidings.fences import raw_socket
 from flask_tidings.hub import Hub, Subscription
 from flask_tidings.succession import PACKET_FDS, Successors
 
@@ -120,7 +121,7 @@ class LiveStream:
     )
 
     def __init__(
-        self, streams: Streams, sub: Subscription, sock: _socket.socket, unseen: Unseen, lease: str | None
+        self, streams: Streams, sub: Subscription, sock: socket.socket, unseen: Unseen, lease: str | None
     ) -> None:
         self.sub = sub
         self.lease = lease
@@ -316,7 +317,7 @@ class Streams:
         and releases ``sub`` and ``lease``.
         """
         self._start()
-        sock = _socket.socket(fileno=fd)
+        sock = raw_socket(fd)
         try:
             stream = LiveStream(self, sub, sock, unseen, lease)
         except BaseException:

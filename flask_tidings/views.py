@@ -149,7 +149,7 @@ class StreamHandover(Response):
             log.exception("could not read the notification store for a stream")
             return _unavailable("notifications are unavailable for a moment")(environ, start_response)
         unseen = Unseen(self.cursor)
-        retry = f"retry: {current_app.config['SSE_RETRY_MS']}\n\n".encode()
+        retry = f"retry: {current_app.config['TIDINGS_RETRY_MS']}\n\n".encode()
         body = retry + (unseen.frames(backlog) or b": connected\n\n")
         try:
             environ[ENVIRON_KEY].take(

@@ -439,6 +439,7 @@ class _Logged:
 
     command: list = []
     started: list[_Logged] = []
+    cwd: Path = ROOT
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.env = {**os.environ, **env}
@@ -460,7 +461,7 @@ class _Logged:
         _Logged.started.append(self)
         self._log = open(self.output_path, "ab")
         self.proc = subprocess.Popen(
-            self.command, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+            self.command, cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
         )
 
     def children(self) -> list[psutil.Process]:
@@ -485,12 +486,23 @@ class LiveServer(_Logged):
     """``gunicorn -c gunicorn.conf.py wsgi:app`` in a subprocess, exactly as operators run it."""
 
     def __init__(
-        self, env: dict[str, str], log: Path, *args: str, app: str = "wsgi:app", host: Host | None = None
+        self,
+        env: dict[str, str],
+        log: Path,
+        *args: str,
+        app: str = "wsgi:app",
+        host: Host | None = None,
+        cwd: Path = ROOT,
+        ready_path: str = "/auth/login",
     ) -> None:
         """``args`` are extra gunicorn options; ``app`` another WSGI entry point (tests/apps/);
-        ``host`` a test host (``Network.host``) to run on instead of this one's loopback."""
+        ``host`` a test host (``Network.host``) to run on instead of this one's loopback; ``cwd``
+        another app's folder (examples/), with its own gunicorn.conf.py, ready when ``ready_path``
+        answers 200."""
         self.port = free_port()
         self.host = host
+        self.cwd = cwd
+        self.ready_path = ready_path
         self.command = [BIN / "gunicorn", "-c", "gunicorn.conf.py", *args, app]
         super().__init__({**env, "PORT": str(self.port)}, log)
         self.env.pop("BIND", None)
@@ -515,7 +527,7 @@ class LiveServer(_Logged):
         if self.proc.poll() is not None:
             raise AssertionError(f"gunicorn exited: {self.log()}")
         try:
-            if httpx.get(self.url + "/auth/login", timeout=1).status_code != 200:
+            if httpx.get(self.url + self.ready_path, timeout=1).status_code != 200:
                 return False
         except httpx.HTTPError:
             return False

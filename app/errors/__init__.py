@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 
 import sqlalchemy as sa
-from flask import Blueprint, Response, abort, g, jsonify, render_template, request
+from flask import Blueprint, Response, abort, g, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 
+from app.responses import json_error, wants_json
 from flask_tidings import FailureTally
 
 bp = Blueprint("errors", __name__)
@@ -18,24 +19,6 @@ log = logging.getLogger(__name__)
 # browser's retry, or the user's, works a moment later), and the log gets one line per
 # interval with a count, not a traceback per request.
 _database = FailureTally(log, "reach the database")
-
-# Routes whose clients are scripts: they always get JSON, never an HTML page or a redirect.
-JSON_PATHS = ("/notifications", "/stream")
-
-
-def wants_json() -> bool:
-    """Whether this request should be answered with JSON."""
-    if request.path.startswith(JSON_PATHS):
-        return True
-    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
-    return (
-        best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
-    )
-
-
-def json_error(status: int, message: str) -> tuple[Response, int]:
-    """A ``{"error": message}`` response."""
-    return jsonify(error=message), status
 
 
 def _handle_http(exc: HTTPException):

@@ -6,7 +6,6 @@ import sqlalchemy as sa
 from flask import abort, current_app, flash, redirect, render_template, request, send_file, url_for
 from flask_login import current_user, login_required
 
-from app.errors import json_error, wants_json
 from app.extensions import db
 from app.limits import form_error, limiter, per_user, setting
 from app.messages import bp
@@ -14,6 +13,7 @@ from app.messages.forms import ExportForm, MessageForm
 from app.models import Message, Task, User, utcnow
 from app.notifications import tidings
 from app.paging import paginate
+from app.responses import json_error, wants_json
 from app.tasks import TaskAlreadyRunning, TaskNotStarted, export_path, launch_task
 
 PREVIEW_CHARS = 60

@@ -12,10 +12,10 @@ from flask import Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client import REGISTRY as PROCESS_REGISTRY
 
-from app.errors import json_error
 from app.extensions import db
 from app.notifications import tidings
 from app.ops import bp
+from app.responses import json_error
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,30 @@
+"""JSON or HTML: how the site answers a script client, shared by the blueprints and the limits."""
+
+from __future__ import annotations
+
+from flask import Response, current_app, jsonify, request
+
+
+def _script_paths() -> tuple[str, ...]:
+    """The paths of the Flask-Tidings blueprint's routes: their clients are scripts (EventSource,
+    fetch), which always get JSON, never an HTML page or a redirect."""
+    return tuple(
+        rule.rule
+        for rule in current_app.url_map.iter_rules()
+        if rule.endpoint.startswith("tidings.") and rule.endpoint != "tidings.static"
+    )
+
+
+def wants_json() -> bool:
+    """Whether this request should be answered with JSON."""
+    if request.blueprint == "tidings" or request.path.startswith(_script_paths()):
+        return True
+    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    return (
+        best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
+    )
+
+
+def json_error(status: int, message: str) -> tuple[Response, int]:
+    """A ``{"error": message}`` response."""
+    return jsonify(error=message), status

@@ -1,0 +1,460 @@
+"""The ``Tidings`` extension object: created once without an app, bound with ``init_app(app)``.
+
+Its per-app state lives in ``app.extensions["tidings"]`` (``_State``): this process's Redis
+client, its hub (one pub/sub connection; one per master on a cluster) and its open streams.
+All three are created on first use, so nothing exists before gunicorn forks, and a process
+that forked after creating them (a pid change) builds fresh ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator
+from typing import Any, NamedTuple
+
+import redis
+from flask import Flask, current_app, g, url_for
+from markupsafe import Markup, escape
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from flask_tidings import telemetry
+from flask_tidings.events import MAX_MESSAGE_BYTES, Event, channel_for
+from flask_tidings.kinds import SESSION_ENDED, Kind, Kinds, NotificationRefused, session_tag
+from flask_tidings.store import Store
+from flask_tidings.tally import FailureTally
+
+log = logging.getLogger(__name__)
+
+EXTENSION_KEY = "tidings"
+# Streams a stopping worker carries to its successors (succession.py) are of this kind.
+CARRIED = "tidings.streams"
+
+DEFAULTS: dict[str, Any] = {
+    "TIDINGS_REDIS_URL": None,  # None: the app's REDIS_URL, else redis://127.0.0.1:6379/0
+    "TIDINGS_REDIS_CLUSTER": None,  # None: the app's REDIS_CLUSTER, else False
+    "TIDINGS_HEARTBEAT_SECONDS": 15,
+    "TIDINGS_RETRY_MS": 3000,
+    "TIDINGS_DRAIN_RETRY_MS": 5000,
+    "TIDINGS_HANDOFF_SECONDS": 10,
+    "TIDINGS_MAX_STREAMS_PER_WORKER": 0,
+    "TIDINGS_MAX_STREAMS_PER_USER": 32,
+    "TIDINGS_HUB_PING_SECONDS": 10.0,
+}
+
+
+class Identity(NamedTuple):
+    """Who a request is: the user's (integer) id and, optionally, which of their logins."""
+
+    user_id: int
+    login: str | None = None
+
+
+def flask_login_identity() -> Identity | None:
+    """The default identity: Flask-Login's ``current_user`` (its public API), the login being
+    what its session carries (``get_id()``)."""
+    from flask_login import current_user
+
+    if not current_user.is_authenticated:
+        return None
+    login = current_user.get_id()
+    user_id = getattr(current_user, "id", None)
+    return Identity(int(user_id if user_id is not None else login), login)
+
+
+def _user_id(user: Any) -> int:
+    return user if isinstance(user, int) else int(user.id)
+
+
+class Tidings:
+    """Live notifications for a Flask app: ``notify()`` stores and publishes after commit,
+    ``/stream`` delivers them as Server-Sent Events, and the page script shows them.
+
+    ``kinds``: the notification kinds the app declares (more with ``kind()``). ``store``: where
+    notifications are kept (``SQLAlchemyStore``). ``stream_decorators``: applied to the
+    ``/stream`` view, innermost first, as Flask's ``View.decorators`` (e.g. a rate limit).
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        kinds: Iterable[Kind] = (),
+        store: Store | None = None,
+        stream_decorators: Iterable[Callable] = (),
+    ) -> None:
+        self.kinds = Kinds(kinds)
+        self.store = store
+        self.stream_decorators = list(stream_decorators)
+        self._identity: Callable[[], Identity | None] = flask_login_identity
+        self._logins_open: Callable[[Collection[str]], set[str]] = set
+        self._blueprint = None
+        if app is not None:
+            self.init_app(app)
+
+    # -- setting up ------------------------------------------------------------------
+
+    def init_app(self, app: Flask, *, store: Store | None = None) -> None:
+        """Bind to ``app``: config defaults, the blueprint, the template helpers, and the
+        streams a stopping worker carries here."""
+        from flask_tidings import succession
+        from flask_tidings.views import make_blueprint
+
+        if store is not None:
+            self.store = store
+        if self.store is None:
+            raise RuntimeError("Tidings needs a store: Tidings(store=SQLAlchemyStore(db, Notification))")
+        for key, value in DEFAULTS.items():
+            app.config.setdefault(key, value)
+        state = app.extensions[EXTENSION_KEY] = _State(app, self)
+        if self._blueprint is None:
+            self._blueprint = make_blueprint(self)
+        app.register_blueprint(self._blueprint)
+        app.context_processor(lambda: {"tidings": _TemplateHelper(self)})
+        succession.receive(CARRIED, lambda items: state.streams.carry_in(items))
+
+    def kind(self, name: str, *, per: str | None = None, shown_as: str = "") -> Kind:
+        """Declare a notification kind (see ``Kind``)."""
+        return self.kinds.add(Kind(name, shown_as=shown_as, per=per))
+
+    def identity_loader(self, loader: Callable[[], Identity | None]) -> Callable[[], Identity | None]:
+        """Decorator: the function that says who the current request is (an ``Identity``, or None
+        when nobody is logged in). Default: Flask-Login's ``current_user``."""
+        self._identity = loader
+        return loader
+
+    def login_checker(
+        self, checker: Callable[[Collection[str]], set[str]]
+    ) -> Callable[[Collection[str]], set[str]]:
+        """Decorator: ``checker(logins)`` returns those still valid. Streams carried to a new
+        worker during a deploy are checked with it (default: every login stays valid)."""
+        self._logins_open = checker
+        return checker
+
+    @property
+    def blueprint(self):
+        """The ``tidings`` blueprint: ``GET /stream`` and ``GET /notifications``."""
+        return self._blueprint
+
+    # -- who is asking ---------------------------------------------------------------
+
+    def current_identity(self) -> Identity | None:
+        """The current request's ``Identity`` (computed once per request), or None."""
+        if "_tidings_identity" not in g:
+            g._tidings_identity = self._identity()
+        return g._tidings_identity
+
+    # -- sending ---------------------------------------------------------------------
+
+    def notify(self, user: Any, kind: str, data: Any) -> Event:
+        """Store ``user``'s notification in the current transaction; it is published to their
+        streams once the transaction commits (and never if it rolls back).
+
+        ``user`` is a user object with an ``id`` or the id itself. ``data`` is any JSON value,
+        or a callable returning one, called after the user's notifications are locked: a
+        count computed there sees every committed change (concurrent sends count each other).
+        NotificationRefused, with nothing stored, for an undeclared kind or data that cannot
+        be sent on.
+        """
+        declared = self.kinds.declared(kind)
+        user_id = _user_id(user)
+        self.store.lock(user_id)
+        if callable(data):
+            data = data()
+        payload = encode(data)
+        return self.store.add(user_id, kind, declared.key(data), payload, _publish_stored)
+
+    def forget(self, user: Any, kind: str, data: Any = None) -> None:
+        """Delete ``user``'s stored notification of ``kind`` (the one ``data`` would replace), in
+        the current transaction: fresh tabs stop replaying it."""
+        self.store.forget(_user_id(user), self.kinds.declared(kind).key(data))
+
+    def publish(self, user: Any, kind: str, data: Any) -> bool:
+        """Send an ephemeral event to ``user``'s open streams now: not stored, not replayed.
+        False when Redis cannot be reached."""
+        self.kinds.declared(kind)
+        encode(data)
+        return _state().publish(_user_id(user), Event(name=kind, data=data, timestamp=time.time()))
+
+    def end_login(self, user: Any, login: str) -> None:
+        """Close the open streams of one login of ``user``, in every worker and on every host."""
+        event = Event(name=SESSION_ENDED, data={"session": session_tag(login)}, timestamp=time.time())
+        _state().publish(_user_id(user), event)
+
+    def end_user(self, user: Any) -> None:
+        """Close every open stream of ``user``, in every worker and on every host."""
+        event = Event(name=SESSION_ENDED, data={"all": True}, timestamp=time.time())
+        _state().publish(_user_id(user), event)
+
+    # -- reading ---------------------------------------------------------------------
+
+    def latest_id(self, user: Any) -> int:
+        """The newest stored notification id of ``user``: where a rendered page's stream resumes."""
+        return self.store.latest_id(_user_id(user))
+
+    def channel(self, user: Any) -> str:
+        """The Redis channel carrying ``user``'s notifications."""
+        return channel_for(_user_id(user))
+
+    def follow(self, user: Any, timeout: float = 1.0) -> Iterator[str | None]:
+        """Every message published on ``user``'s channel, as it comes (None after ``timeout``
+        seconds of quiet, so a caller can stop); SSUBSCRIBE on the owning node of a cluster."""
+        state = _state()
+        channel = self.channel(user)
+        pubsub = state.redis.pubsub()
+        if state.cluster:
+            pubsub.ssubscribe(channel)
+            read = lambda: pubsub.get_sharded_message(timeout=timeout)  # noqa: E731
+        else:
+            pubsub.subscribe(channel)
+            read = lambda: pubsub.get_message(timeout=timeout)  # noqa: E731
+        try:
+            while True:
+                message = read()
+                if message and message["type"] in ("message", "smessage"):
+                    data = message["data"]
+                    yield data.decode() if isinstance(data, bytes) else data
+                elif message is None:
+                    yield None
+        finally:
+            pubsub.close()
+
+    # -- this process ----------------------------------------------------------------
+
+    @property
+    def redis(self) -> redis.Redis:
+        """This process's Redis client (a ``RedisCluster`` in cluster mode)."""
+        return _state().redis
+
+    def use_redis(self, app: Flask, client: redis.Redis | None) -> None:
+        """Publish through ``client`` in this process (tests: a fakeredis); None: the app's own."""
+        _state(app).redis = client
+
+    def where(self) -> str:
+        """Where this app's notifications travel, for people: the Redis URL and mode."""
+        state = _state()
+        return ("cluster seeded by " if state.cluster else "") + state.redis_url
+
+    def check_ready(self, wait: float = 1.0) -> str | None:
+        """None when this worker can deliver (Redis answers, the hub is connected); else why not."""
+        from flask_tidings.hub import StreamingUnavailable
+
+        state = _state()
+        try:
+            state.redis.ping()
+        except redis.RedisError as exc:
+            return f"redis: {exc.__class__.__name__}: {exc}"
+        try:
+            hub = state.hub
+            hub.start()
+            if not hub.connected.wait(wait):
+                return "hub: this worker's pub/sub connection to Redis is down"
+        except StreamingUnavailable as exc:
+            return f"hub: {exc}"
+        return None
+
+    def stats(self, app: Flask | None = None) -> dict[str, Any]:
+        """This process's stream counts (when its hub runs) and raw store reads."""
+        from flask_tidings.rawsql import RawSelect
+
+        state = (app or current_app).extensions.get(EXTENSION_KEY)
+        data: dict[str, Any] = {"raw_sql_statements": RawSelect.executed}
+        if state is not None and state.hub_started:
+            data.update(state.hub.stats())
+        return data
+
+
+def encode(data: Any) -> str:
+    """``data`` as the JSON a browser gets; NotificationRefused if it cannot be."""
+    import json
+
+    try:
+        payload = json.dumps(data, allow_nan=False)
+    except (ValueError, TypeError) as exc:
+        raise NotificationRefused(f"the data cannot be sent as JSON: {exc}") from None
+    except RecursionError:
+        raise NotificationRefused("the data is nested too deeply") from None
+    if len(payload) > MAX_MESSAGE_BYTES - 1024:
+        raise NotificationRefused(
+            f"the data is {len(payload)} bytes of JSON; at most {MAX_MESSAGE_BYTES - 1024}"
+        )
+    return payload
+
+
+def _state(app: Flask | None = None) -> _State:
+    return (app or current_app).extensions[EXTENSION_KEY]
+
+
+def _publish_stored(user_id: int, event: Event) -> None:
+    """After a commit: publish a stored notification (the store's ``on_commit``)."""
+    started = time.perf_counter()
+    if _state().publish(user_id, event):
+        telemetry.COMMIT_TO_PUBLISH.observe(time.perf_counter() - started)
+
+
+class _TemplateHelper:
+    """``tidings`` in templates: ``{{ tidings.attributes() }}`` on ``<body>``, ``{{ tidings.scripts() }}``."""
+
+    def __init__(self, ext: Tidings) -> None:
+        self._ext = ext
+
+    def attributes(self, replay: bool = False) -> Markup:
+        """The ``data-`` attributes the page script starts from; empty when nobody is logged in.
+
+        The stream resumes after the newest notification stored when the page was rendered (the
+        page shows the state itself); ``replay=True``: it replays every stored one first."""
+        import json
+
+        who = self._ext.current_identity()
+        if who is None:
+            return Markup("")
+        state = _state()
+        values = {
+            "data-stream-url": url_for("tidings.stream"),
+            "data-poll-url": url_for("tidings.notifications"),
+            "data-login-url": state.login_url(),
+            "data-last-event-id": "0" if replay else str(self._ext.latest_id(who.user_id)),
+            "data-event-kinds": json.dumps(self._ext.kinds.for_page(), separators=(",", ":")),
+            # Tabs of one login share one stream over a BroadcastChannel and a Web Lock of this name.
+            "data-stream-scope": f"{who.user_id}-{session_tag(who.login or '')}",
+        }
+        return Markup(" ".join(f'{name}="{escape(value)}"' for name, value in values.items()))
+
+    def scripts(self) -> Markup:
+        """The ``<script>`` tags of the browser client (``window.Tidings``)."""
+        tags = [
+            f'<script src="{escape(url_for("tidings.static", filename=name))}"></script>'
+            for name in ("tidings-core.js", "tidings.js")
+        ]
+        return Markup("\n".join(tags))
+
+
+class _State:
+    """One app's engine in this process."""
+
+    def __init__(self, app: Flask, ext: Tidings) -> None:
+        self.app = app
+        self.ext = ext
+        config = app.config
+        self.redis_url = config["TIDINGS_REDIS_URL"] or config.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+        cluster = config["TIDINGS_REDIS_CLUSTER"]
+        self.cluster = bool(config.get("REDIS_CLUSTER", False) if cluster is None else cluster)
+        self._pid = os.getpid()
+        self._redis: redis.Redis | None = None
+        self._hub = None
+        self._streams = None
+        self.publish_failures = FailureTally(log, "publish to Redis")
+
+    def _forked(self) -> None:
+        if self._pid != os.getpid():
+            self._pid, self._redis, self._hub, self._streams = os.getpid(), None, None, None
+            self.publish_failures = FailureTally(log, "publish to Redis")
+
+    def login_url(self) -> str:
+        """Where a logged-out page goes: Flask-Login's ``login_view``, else the site's root."""
+        manager = getattr(self.app, "login_manager", None)
+        view = getattr(manager, "login_view", None)
+        return url_for(view) if view else "/"
+
+    @property
+    def redis(self) -> redis.Redis:
+        self._forked()
+        if self._redis is None and self.cluster:
+            # Per node a pool of at most 8, as below; MOVED and failovers are redis-py's to follow.
+            self._redis = redis.RedisCluster.from_url(
+                self.redis_url,
+                max_connections=8,
+                socket_connect_timeout=1,
+                socket_timeout=2,
+                health_check_interval=30,
+            )
+        if self._redis is None:
+            # Fail fast, no retries: a send must not hang while Redis is away; replay covers it.
+            # A small pool that greenlets wait for: a burst of connects (a deploy) or sends must
+            # not open a Redis connection per request; Redis connections stay flat in traffic.
+            pool = redis.BlockingConnectionPool.from_url(
+                self.redis_url,
+                max_connections=8,
+                timeout=2,
+                socket_connect_timeout=1,
+                socket_timeout=2,
+                health_check_interval=30,
+            )
+            self._redis = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+        return self._redis
+
+    @redis.setter
+    def redis(self, client: redis.Redis) -> None:
+        self._forked()
+        self._redis = client
+
+    def publish(self, user_id: int, event: Event) -> bool:
+        """PUBLISH (SPUBLISH on a cluster) on the user's channel; False, and a summed-up warning,
+        when Redis is away: the notification is stored, and streams re-read the store when
+        their hub reconnects."""
+        try:
+            if self.cluster:
+                self.redis.spublish(channel_for(user_id), event.to_json())
+            else:
+                self.redis.publish(channel_for(user_id), event.to_json())
+        except redis.RedisError as exc:
+            telemetry.PUBLISH_FAILURES.inc()
+            self.publish_failures.failed(exc)
+            return False
+        self.publish_failures.succeeded()
+        return True
+
+    @property
+    def hub(self):
+        self._forked()
+        if self._hub is None:
+            config = self.app.config
+            options = {
+                "ping_interval": float(config["TIDINGS_HUB_PING_SECONDS"]),
+                "key_of": self.ext.kinds.key_of,
+            }
+            if self.cluster:
+                from flask_tidings.shards import ShardedHub
+
+                self._hub = ShardedHub.for_url(self.redis_url, **options)
+            else:
+                from flask_tidings.hub import Hub
+
+                self._hub = Hub.for_url(self.redis_url, **options)
+        return self._hub
+
+    @property
+    def streams(self):
+        self._forked()
+        if self._streams is None:
+            from flask_tidings.caps import StreamCap
+            from flask_tidings.live import Streams
+
+            app, ext, config = self.app, self.ext, self.app.config
+
+            def read_store(user_id: int, since_id: int) -> list[Event]:
+                with app.app_context():
+                    return ext.store.since_id(user_id, since_id)
+
+            def logins(tokens: Collection[str]) -> set[str]:
+                with app.app_context():
+                    return ext._logins_open(tokens)
+
+            self._streams = Streams(
+                self.hub,
+                read_store,
+                heartbeat=float(config["TIDINGS_HEARTBEAT_SECONDS"]),
+                capacity=int(config["TIDINGS_MAX_STREAMS_PER_WORKER"]),
+                cap=StreamCap(self.redis, int(config["TIDINGS_MAX_STREAMS_PER_USER"])),
+                drain_retry_ms=int(config["TIDINGS_DRAIN_RETRY_MS"]),
+                handoff_seconds=float(config["TIDINGS_HANDOFF_SECONDS"]),
+                open_logins=logins,
+            )
+        return self._streams
+
+    @property
+    def hub_started(self) -> bool:
+        """Whether this process has a hub (without creating one)."""
+        return self._hub is not None and self._pid == os.getpid()
