@@ -135,9 +135,8 @@ def load_config(instance_path: str) -> dict:
         # (flask_tidings/shards.py); the background queue stays on QUEUE_REDIS_URL.
         "REDIS_CLUSTER": cluster,
         "QUEUE_REDIS_URL": queue_url or redis_url,
-        # Flask-Tidings' settings (docs/configuration.md), from this site's environment names.
-        "TIDINGS_REDIS_URL": redis_url,
-        "TIDINGS_REDIS_CLUSTER": cluster,
+        # Flask-Tidings' settings (docs/extension.md), from this site's environment names; it
+        # takes REDIS_URL and REDIS_CLUSTER above as its own.
         "TIDINGS_HEARTBEAT_SECONDS": _int_env("SSE_HEARTBEAT_SECONDS", 15),
         "TIDINGS_RETRY_MS": _int_env("SSE_RETRY_MS", 3000),
         # A stopping worker tells each stream to come back after a random 0.5 s to this long.

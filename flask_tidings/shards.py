@@ -29,8 +29,9 @@ import redis
 from redis.cluster import RedisCluster
 
 from flask_tidings.events import channel_for, user_id_from_channel
+from flask_tidings.fanout import Subscription
 from flask_tidings.fences import node_of_slot, refresh_slot_map
-from flask_tidings.hub import Hub, Subscription
+from flask_tidings.hub import Hub
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +108,9 @@ class ShardedHub:
         if sub.user_id not in hub.users():
             self._home.pop(sub.user_id, None)
 
-    def close_session(self, user_id: int, tag: str) -> int:
-        node = self._home.get(user_id)
-        return self._hubs[node].close_session(user_id, tag) if node in self._hubs else 0
+    def users(self) -> list[int]:
+        """The users with a stream here, on any node."""
+        return list(self._home)
 
     def start(self) -> None:
         """Nothing to start before a user subscribes (each node's hub starts with its first)."""

@@ -535,7 +535,7 @@ class LiveServer(_Logged):
 
     def _every_worker_serving(self) -> bool:
         """Whether every worker has booted, not just the first to answer: each opens its inbox
-        for carried streams (app/succession.py) once it serves."""
+        for carried streams (flask_tidings/succession.py) once it serves."""
         workers = self.children()
         folder = folder_of(self.proc.pid)
         expected = int(self.env.get("WEB_CONCURRENCY", "2"))

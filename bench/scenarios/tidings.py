@@ -159,7 +159,7 @@ def rate(rig: Rig) -> dict:
 def restart(rig: Rig) -> dict:
     """(g) a deploy: ``kill -HUP`` of the master under ``restart_streams`` streams on 2 workers.
 
-    The old workers carry their streams to the new ones (app/succession.py): no stream should
+    The old workers carry their streams to the new ones (flask_tidings/succession.py): no stream should
     close. Counts are stored and published while the workers change, then once more for every
     user: every stream must end at the last (none lost).
     """

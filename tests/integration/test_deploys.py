@@ -21,7 +21,7 @@ from harness.servers import LiveServer, RedisServer, wait_until
 
 CARRIED = re.compile(r"carried (\d+) streams to the workers succeeding this one in [\d.]+ s \((\d+) refused")
 # A stream that lands on a stopping worker would wait for the hub's subscribe timeout, which
-# logs "could not get a subscription confirmed" (app/notifications/hub.py): each test checks the
+# logs "could not get a subscription confirmed" (flask_tidings/hub.py): each test checks the
 # log for it. (A handshake's time also holds the new workers' boot, ~2 s on a slow machine.)
 NO_CONFIRMATION = "get a subscription confirmed"
 

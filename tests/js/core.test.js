@@ -1,9 +1,9 @@
-// The browser-free parts of the page script (app/static/js/tidings-core.js), with node's own
+// The browser-free parts of the page script (flask_tidings/static/tidings-core.js), with node's own
 // test runner: `node --test tests/js/` (run by `make test`).
 "use strict";
 const test = require("node:test");
 const assert = require("node:assert/strict");
-const core = require("../../app/static/js/tidings-core.js");
+const core = require("../../flask_tidings/static/tidings-core.js");
 
 test("backoff has full jitter: anywhere from 0 to the capped exponential", () => {
   assert.equal(core.backoff(0, 1000, 30000, () => 0), 0);
@@ -23,7 +23,8 @@ test("the cursor only moves forward", () => {
 });
 
 test("a tab handles each stored notification once, ephemeral ones each time", () => {
-  const seen = new core.Seen();
+  // The kinds as the page gets them (data-event-kinds): name -> its `per` field, or null.
+  const seen = new core.Seen({ unread_message_count: null, task_progress: "task_id" });
   const count = (id, data) => ({ id, name: "unread_message_count", data });
   assert.equal(seen.admit(count(5, 1)), true);
   assert.equal(seen.admit(count(5, 1)), false, "the same event relayed and replayed");
@@ -35,6 +36,15 @@ test("a tab handles each stored notification once, ephemeral ones each time", ()
   const ephemeral = { name: "announcement", data: "hi" };
   assert.equal(seen.admit(ephemeral), true);
   assert.equal(seen.admit(ephemeral), true);
+});
+
+test("keys follow each declared kind's per field, as the server's Kind.key does", () => {
+  const kinds = { task_progress: "task_id", deploy_done: "service", count: null };
+  assert.equal(core.keyOf({ name: "task_progress", data: { task_id: "t1" } }, kinds), "task_progress:t1");
+  assert.equal(core.keyOf({ name: "deploy_done", data: { service: "api" } }, kinds), "deploy_done:api");
+  assert.equal(core.keyOf({ name: "deploy_done", data: "not an object" }, kinds), "deploy_done");
+  assert.equal(core.keyOf({ name: "count", data: { task_id: "t1" } }, kinds), "count");
+  assert.equal(core.keyOf({ name: "undeclared", data: { task_id: "t1" } }, kinds), "undeclared");
 });
 
 test("the watchdog expires when the leader stops beating", () => {

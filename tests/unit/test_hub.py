@@ -18,7 +18,8 @@ import pytest
 import redis
 
 from flask_tidings.events import Event
-from flask_tidings.hub import Hub, Subscription
+from flask_tidings.fanout import Subscription
+from flask_tidings.hub import Hub
 from flask_tidings.kinds import session_tag
 
 

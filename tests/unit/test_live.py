@@ -13,7 +13,7 @@ import gevent.socket
 import pytest
 
 from flask_tidings.events import Event
-from flask_tidings.hub import Subscription
+from flask_tidings.fanout import Subscription
 from flask_tidings.live import KEEPALIVE, Streams, Unseen
 
 

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flask_tidings import succession
-from flask_tidings.hub import Subscription
+from flask_tidings.fanout import Subscription
 from flask_tidings.live import CARRIED, Streams, Unseen
 from flask_tidings.succession import Inbox, Successors
 from tests.unit.test_live import Store, ev, open_stream
