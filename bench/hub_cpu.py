@@ -34,7 +34,7 @@ class CountingSink:
     def send_event(self, event) -> None:
         CountingSink.delivered += 1
 
-    def resync(self) -> None:
+    def reread(self) -> None:
         pass
 
     def close(self) -> None:

@@ -53,18 +53,18 @@ class Subscription:
 
     While the stream is being opened (the store is read, the replay written) events wait
     in a mailbox that keeps the latest per key; once a ``sink`` is attached they go
-    straight to it. A sink has ``send_event(event)``, ``resync()`` and ``close()``.
+    straight to it. A sink has ``send_event(event)``, ``reread()`` and ``close()``.
     """
 
     MAX_PENDING = 64
 
-    __slots__ = ("user_id", "login", "session_tag", "resync", "closed", "_mailbox", "_sink")
+    __slots__ = ("user_id", "login", "session_tag", "needs_reread", "closed", "_mailbox", "_sink")
 
     def __init__(self, user_id: int, session: str | None) -> None:
         self.user_id = user_id
         self.login = session  # the login token, for a worker this stream is carried to
         self.session_tag = session_tag(session) if session else None
-        self.resync = False
+        self.needs_reread = False
         self.closed = False
         self._mailbox: dict[str, Event] = {}
         self._sink: Any = None
@@ -80,14 +80,14 @@ class Subscription:
         if len(self._mailbox) > self.MAX_PENDING:
             # Too far behind: forget the backlog, the store holds what matters.
             self._mailbox.clear()
-            self.resync = True
+            self.needs_reread = True
 
-    def request_resync(self) -> None:
+    def request_reread(self) -> None:
         """Ask the stream to re-read the store (after a reconnect)."""
         if self._sink is not None:
-            self._sink.resync()
+            self._sink.reread()
         else:
-            self.resync = True
+            self.needs_reread = True
 
     def close(self) -> None:
         """End the stream (now, or as soon as it is attached)."""
@@ -95,7 +95,7 @@ class Subscription:
         if self._sink is not None:
             self._sink.close()
 
-    def drain(self) -> list[Event]:
+    def take_pending(self) -> list[Event]:
         """Take everything pending, oldest first."""
         events = list(self._mailbox.values())
         self._mailbox.clear()
@@ -103,7 +103,7 @@ class Subscription:
 
     def attach(self, sink: Any) -> list[Event]:
         """Send future events to ``sink``; returns those that waited meanwhile."""
-        events = self.drain()
+        events = self.take_pending()
         self._sink = sink
         return events
 
@@ -161,10 +161,10 @@ class Fanout:
         """The streams of ``user_id`` here."""
         return list(self._subs.get(user_id, ()))
 
-    def request_resync(self, user_id: int) -> None:
+    def request_reread(self, user_id: int) -> None:
         """Have every stream of ``user_id`` re-read the store (its channel was re-subscribed)."""
         for sub in self.streams_of(user_id):
-            sub.request_resync()
+            sub.request_reread()
 
     def close_session(self, user_id: int, tag: str) -> int:
         """Close the streams of one login (``session_tag``); returns how many."""

@@ -88,7 +88,7 @@ class Hub:
         self._pending: dict[str, int] = {}  # SUBSCRIBEs sent and not yet confirmed
         self._subscribed: set[str] = set()  # confirmed on the current connection
         self._waiters: dict[str, gevent.event.Event] = {}
-        self._resync_channels: set[str] = set()
+        self._reread_channels: set[str] = set()
         self._greenlets: list[gevent.Greenlet] = []
         self._stopping = False
         self.connected = gevent.event.Event()
@@ -177,12 +177,12 @@ class Hub:
         with self._write_lock:
             self._subscribed.discard(channel)
             self._pending.pop(channel, None)
-            self._resync_channels.discard(channel)
+            self._reread_channels.discard(channel)
             if tell_server:
                 self._send(self._unsubscribe_cmd, channel)
         waiter = self._waiters.pop(channel, None)
         if waiter is not None:
-            waiter.set()  # a connect waiting for it reads the store now; the new hub resyncs it
+            waiter.set()  # a connect waiting for it reads the store now; the new hub rereads it
         return subs
 
     def adopt(self, user_id: int, subs: set[Subscription]) -> None:
@@ -193,12 +193,12 @@ class Hub:
         self.start()
         if not self.fanout.put(user_id, subs):
             for sub in subs:
-                sub.request_resync()
+                sub.request_reread()
             return
         telemetry.CHANNELS_SUBSCRIBED.inc()
         channel = channel_for(user_id)
         with self._write_lock:
-            self._resync_channels.add(channel)
+            self._reread_channels.add(channel)
             self._pending[channel] = self._pending.get(channel, 0) + 1
             self._send(self._subscribe_cmd, channel)
 
@@ -313,7 +313,7 @@ class Hub:
             self._subscribed.clear()
             channels = [channel_for(user_id) for user_id in self.fanout.users()]
             self._pending = dict.fromkeys(channels, 1)
-            self._resync_channels = set(channels)
+            self._reread_channels = set(channels)
             if channels and self.sharded:
                 for channel in channels:
                     conn.send_command(self._subscribe_cmd, channel, check_health=False)
@@ -368,9 +368,9 @@ class Hub:
         waiter = self._waiters.pop(channel, None)
         if waiter is not None:
             waiter.set()
-        if channel in self._resync_channels:
-            self._resync_channels.discard(channel)
-            self.fanout.request_resync(user_id)
+        if channel in self._reread_channels:
+            self._reread_channels.discard(channel)
+            self.fanout.request_reread(user_id)
 
 
 class _Reading:

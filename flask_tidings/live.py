@@ -151,9 +151,9 @@ class LiveStream:
         if data:
             self.write(data)
 
-    def resync(self) -> None:
+    def reread(self) -> None:
         """Re-read the store (soon, from another greenlet) and send what is new."""
-        self._streams.resync(self)
+        self._streams.reread(self)
 
     def write(self, data: bytes) -> None:
         """Send ``data`` now, or queue what the socket does not take yet."""
@@ -287,7 +287,7 @@ class Streams:
         handoff_seconds: float = 10.0,
         open_logins: Callable[[Collection[str]], set[str]] | None = None,
         max_queued: int = 256 * 1024,
-        resync_concurrency: int = 4,
+        reread_concurrency: int = 4,
     ) -> None:
         """``open_logins(tokens)``: those of ``tokens`` not revoked (checked for carried streams)."""
         self.hub = hub
@@ -303,9 +303,9 @@ class Streams:
         # Every open stream, least recently written first (for the heartbeat).
         self._by_write: OrderedDict[LiveStream, None] = OrderedDict()
         self._released: list[tuple[Subscription, str | None]] = []
-        self._resyncs: dict[int, set[LiveStream]] = {}
+        self._rereads: dict[int, set[LiveStream]] = {}
         self._work = gevent.event.Event()
-        self._pool = gevent.pool.Pool(resync_concurrency)
+        self._pool = gevent.pool.Pool(reread_concurrency)
         self._greenlets: list[gevent.Greenlet] = []
 
     def adopt(
@@ -336,9 +336,9 @@ class Streams:
             raise
         if sub.closed:
             stream.close()
-        elif sub.resync:
-            sub.resync = False
-            stream.resync()
+        elif sub.needs_reread:
+            sub.needs_reread = False
+            stream.reread()
         return stream
 
     def drain(self, successors: Successors | None = None) -> None:
@@ -447,7 +447,7 @@ class Streams:
         pool.join()
         self._close_revoked(adopted)
         for stream in adopted:
-            stream.resync()
+            stream.reread()
 
     def _close_revoked(self, streams: list[LiveStream]) -> None:
         """Close the streams whose login ended while they travelled (its control message is missed)."""
@@ -483,8 +483,8 @@ class Streams:
         self._released.append((stream.sub, stream.lease))
         self._work.set()
 
-    def resync(self, stream: LiveStream) -> None:
-        self._resyncs.setdefault(stream.sub.user_id, set()).add(stream)
+    def reread(self, stream: LiveStream) -> None:
+        self._rereads.setdefault(stream.sub.user_id, set()).add(stream)
         self._work.set()
 
     # -- housekeeping --------------------------------------------------------------------
@@ -517,11 +517,11 @@ class Streams:
                         self.cap.release(sub.user_id, lease)
                 except Exception:  # never let one failure stop releases, re-reads and this loop
                     log.exception("could not release user %s's stream", sub.user_id)
-            resyncs, self._resyncs = self._resyncs, {}
-            for user_id, streams in resyncs.items():
-                self._pool.spawn(self._resync_user, user_id, streams)
+            rereads, self._rereads = self._rereads, {}
+            for user_id, streams in rereads.items():
+                self._pool.spawn(self._reread_user, user_id, streams)
 
-    def _resync_user(self, user_id: int, streams: set[LiveStream]) -> None:
+    def _reread_user(self, user_id: int, streams: set[LiveStream]) -> None:
         open_streams = [s for s in streams if not s.closed]
         if not open_streams:
             return

@@ -37,17 +37,17 @@ def test_a_committed_notification_reaches_every_stream_of_its_user_and_no_other(
         hub(memory_app).subscribe(2),
     )
     event = tidings.notify(1, "unread_message_count", 3)
-    assert a1.drain() == [] and a2.drain() == [], "nothing before the commit"
+    assert a1.take_pending() == [] and a2.take_pending() == [], "nothing before the commit"
     db.session.commit()
-    assert [e.id for e in a1.drain()] == [event.id] == [e.id for e in a2.drain()]
-    assert b.drain() == []
+    assert [e.id for e in a1.take_pending()] == [event.id] == [e.id for e in a2.take_pending()]
+    assert b.take_pending() == []
 
 
 def test_a_rolled_back_notification_reaches_nobody(memory_app):
     sub = hub(memory_app).subscribe(1)
     tidings.notify(1, "unread_message_count", 3)
     db.session.rollback()
-    assert sub.drain() == []
+    assert sub.take_pending() == []
 
 
 def test_ending_a_login_closes_its_streams_only_and_ending_a_user_closes_all(memory_app):
@@ -56,7 +56,7 @@ def test_ending_a_login_closes_its_streams_only_and_ending_a_user_closes_all(mem
     assert first.closed and not second.closed
     tidings.end_user(1)
     assert second.closed
-    assert first.drain() == [] and second.drain() == [], "control messages are never offered"
+    assert first.take_pending() == [] and second.take_pending() == [], "control messages are never offered"
 
 
 def test_a_message_that_is_not_a_notification_is_dropped_and_the_next_one_arrives(memory_app, caplog):
@@ -69,12 +69,12 @@ def test_a_message_that_is_not_a_notification_is_dropped_and_the_next_one_arrive
         broker.publish("notifications:1", '{"name": "announcement", "data": NaN}')
     assert "dropped a message" in caplog.text
     tidings.publish(1, "announcement", "still here")
-    assert [(e.name, e.data, e.id) for e in sub.drain()] == [("announcement", "still here", None)]
+    assert [(e.name, e.data, e.id) for e in sub.take_pending()] == [("announcement", "still here", None)]
 
 
 def test_stored_kinds_keep_their_key_across_the_channel(memory_app):
     sub = hub(memory_app).subscribe(1)
     tidings.notify(1, "task_progress", {"task_id": "t1", "progress": 5})
     db.session.commit()
-    [event] = sub.drain()
+    [event] = sub.take_pending()
     assert event.key == "task_progress:t1"

@@ -111,8 +111,8 @@ def test_fan_out_reaches_every_stream_of_that_user_only(hub, conns):
     a1, a2 = hub.subscribe(1), hub.subscribe(1)
     b = hub.subscribe(2)
     publish(conns[0], 1, ev(10))
-    assert a1.drain() == [ev(10)] and a2.drain() == [ev(10)]
-    assert b.drain() == []
+    assert a1.take_pending() == [ev(10)] and a2.take_pending() == [ev(10)]
+    assert b.take_pending() == []
 
 
 def test_one_subscribe_per_user_and_unsubscribe_with_the_last_stream(hub, conns):
@@ -128,7 +128,7 @@ def test_one_subscribe_per_user_and_unsubscribe_with_the_last_stream(hub, conns)
     assert conn.commands("UNSUBSCRIBE") == [("UNSUBSCRIBE", "notifications:1")]
     assert hub.stats()["users"] == 0
     publish(conn, 1, ev(3))
-    assert subs[0].drain() == []
+    assert subs[0].take_pending() == []
 
 
 def test_resubscribing_after_the_last_left_waits_for_a_fresh_confirmation(hub, conns):
@@ -137,7 +137,7 @@ def test_resubscribing_after_the_last_left_waits_for_a_fresh_confirmation(hub, c
     assert [c[0] for c in conns[0].sent] == ["SUBSCRIBE", "UNSUBSCRIBE", "SUBSCRIBE"]
     assert "notifications:1" in hub._subscribed
     publish(conns[0], 1, ev(5))
-    assert sub.drain() == [ev(5)]
+    assert sub.take_pending() == [ev(5)]
 
 
 def test_slow_consumer_keeps_latest_per_key_then_falls_back_to_the_store(hub, conns):
@@ -145,10 +145,10 @@ def test_slow_consumer_keeps_latest_per_key_then_falls_back_to_the_store(hub, co
     conn = conns[0]
     for i in range(1, 1001):
         publish(conn, 1, ev(i))
-    assert sub.drain() == [ev(1000)], "a thousand counts coalesce into the latest"
+    assert sub.take_pending() == [ev(1000)], "a thousand counts coalesce into the latest"
     for i in range(Subscription.MAX_PENDING + 1):
         publish(conn, 1, ev(2000 + i, name=f"kind{i}"))
-    assert sub.pending == 0 and sub.resync, "too many keys: the stream re-reads the store"
+    assert sub.pending == 0 and sub.needs_reread, "too many keys: the stream re-reads the store"
 
 
 def test_malformed_messages_are_logged_and_dropped(hub, conns, caplog):
@@ -158,7 +158,7 @@ def test_malformed_messages_are_logged_and_dropped(hub, conns, caplog):
         publish(conns[0], 1, b'{"data": 1}')
         publish(conns[0], 1, b'{"name": "announcement", "data": "still here"}')
     assert "dropped a message on notifications:1" in caplog.text
-    [event] = sub.drain()
+    [event] = sub.take_pending()
     assert event.name == "announcement" and event.id is None
 
 
@@ -170,7 +170,7 @@ def test_session_ended_closes_only_that_login(hub, conns):
     )
     publish(conns[0], 1, Event(name="session_ended", data={"session": session_tag("s1")}, timestamp=1.0))
     assert mine.closed and other_tab_same_login.closed and not other_login.closed
-    assert other_login.drain() == [], "the control message is not forwarded"
+    assert other_login.take_pending() == [], "the control message is not forwarded"
 
 
 def test_reconnect_resubscribes_and_asks_streams_to_reread(hub, conns):
@@ -180,9 +180,9 @@ def test_reconnect_resubscribes_and_asks_streams_to_reread(hub, conns):
         gevent.sleep(0.01)
     conns[1].settle()
     assert conns[1].commands("SUBSCRIBE") == [("SUBSCRIBE", "notifications:1", "notifications:2")]
-    assert a.resync and b.resync
+    assert a.needs_reread and b.needs_reread
     publish(conns[1], 2, ev(9))
-    assert b.drain() == [ev(9)]
+    assert b.take_pending() == [ev(9)]
 
 
 def test_subscribe_while_redis_is_away_returns_and_catches_up_later(conns):
@@ -198,12 +198,12 @@ def test_subscribe_while_redis_is_away_returns_and_catches_up_later(conns):
 
     hub = Hub(connect, ping_interval=60, subscribe_timeout=0.01, min_backoff=0.01, max_backoff=0.02)
     sub = hub.subscribe(7)
-    assert not sub.resync
+    assert not sub.needs_reread
     while not hub.connected.is_set():
         gevent.sleep(0.01)
     conns[0].settle()
     assert conns[0].commands("SUBSCRIBE") == [("SUBSCRIBE", "notifications:7")]
-    assert sub.resync, "what was published while away is read from the store"
+    assert sub.needs_reread, "what was published while away is read from the store"
     hub.stop()
 
 
@@ -216,14 +216,14 @@ def test_shutdown_closes_every_stream(hub):
 class RecordingSink:
     def __init__(self) -> None:
         self.events: list[Event] = []
-        self.resyncs = 0
+        self.rereads = 0
         self.closed = False
 
     def send_event(self, event: Event) -> None:
         self.events.append(event)
 
-    def resync(self) -> None:
-        self.resyncs += 1
+    def reread(self) -> None:
+        self.rereads += 1
 
     def close(self) -> None:
         self.closed = True
@@ -236,9 +236,9 @@ def test_attach_hands_over_what_waited_then_forwards_everything_directly():
     sink = RecordingSink()
     assert sub.attach(sink) == [ev(2)], "while opening, the latest per key waits"
     sub.offer(ev(3))
-    sub.request_resync()
+    sub.request_reread()
     sub.close()
-    assert sink.events == [ev(3)] and sink.resyncs == 1 and sink.closed
+    assert sink.events == [ev(3)] and sink.rereads == 1 and sink.closed
 
 
 def test_a_failed_send_makes_the_listener_reconnect_and_resubscribe(hub, conns):
@@ -255,7 +255,7 @@ def test_a_failed_send_makes_the_listener_reconnect_and_resubscribe(hub, conns):
         gevent.sleep(0.01)
     assert conns[1].commands("SUBSCRIBE") == [("SUBSCRIBE", "notifications:1", "notifications:2")]
     publish(conns[1], 2, ev(4))
-    assert sub2.drain() == [ev(4)]
+    assert sub2.take_pending() == [ev(4)]
 
 
 def test_a_connection_silent_for_three_ping_intervals_is_replaced_and_streams_reread(conns):
@@ -269,14 +269,14 @@ def test_a_connection_silent_for_three_ping_intervals_is_replaced_and_streams_re
     try:
         sub = hub.subscribe(3)
         conns[0].settle()
-        sub.resync = False
+        sub.needs_reread = False
         with gevent.Timeout(5, AssertionError("the silent connection was never replaced")):
             while len(conns) < 2 or not hub.connected.is_set():
                 gevent.sleep(0.01)
         conns[1].settle()
         assert conns[0].commands("PING"), "the pinger asked"
         assert conns[1].commands("SUBSCRIBE") == [("SUBSCRIBE", "notifications:3")]
-        assert sub.resync, "what was published meanwhile is read from the store"
+        assert sub.needs_reread, "what was published meanwhile is read from the store"
     finally:
         hub.stop()
 

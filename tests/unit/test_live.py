@@ -149,13 +149,13 @@ def test_a_client_too_far_behind_is_cut_off_after_whole_frames(hub, store):
             gevent.sleep(0.01)
 
 
-def test_resync_reads_the_store_once_per_user_and_sends_only_what_is_new(streams, store):
+def test_reread_reads_the_store_once_per_user_and_sends_only_what_is_new(streams, store):
     subs = [Subscription(1, None), Subscription(1, None)]
     pairs = [open_stream(streams, s, cursor=3) for s in subs]
     store.events[1] = [ev(2), ev(4, "other"), ev(5)]
     subs[0].offer(ev(5))
     for sub in subs:
-        sub.request_resync()
+        sub.request_reread()
     first, second = (peer for _, peer in pairs)
     assert first.frames(3)[1:] == [ev(5).wire, ev(4, "other").wire]
     assert second.frames(3)[1:] == [ev(4, "other").wire, ev(5).wire]
@@ -166,7 +166,7 @@ def test_a_failed_store_read_closes_the_streams_so_browsers_reconnect(streams, s
     store.fail = True
     sub = Subscription(1, None)
     stream, peer = open_stream(streams, sub)
-    sub.request_resync()
+    sub.request_reread()
     assert peer.at_eof()
     assert stream.closed
 

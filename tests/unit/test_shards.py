@@ -63,13 +63,13 @@ class FakeCluster:
 class Sink:
     def __init__(self) -> None:
         self.events: list[Event] = []
-        self.resyncs = 0
+        self.rereads = 0
 
     def send_event(self, event: Event) -> None:
         self.events.append(event)
 
-    def resync(self) -> None:
-        self.resyncs += 1
+    def reread(self) -> None:
+        self.rereads += 1
 
     def close(self) -> None:
         pass
@@ -136,10 +136,10 @@ def test_a_migrated_slot_is_followed_and_its_streams_re_read_the_store(hub, clus
     push(cluster, "a:1", [b"sunsubscribe", b"notifications:1", 1])
     wait_for(lambda: "c:3" in cluster.conns and cluster.conns["c:3"][-1].channels(), "the move")
     assert cluster.conns["c:3"][-1].channels() == ["notifications:1"]
-    wait_for(lambda: sinks[1].resyncs == 1, "the store re-read")
+    wait_for(lambda: sinks[1].rereads == 1, "the store re-read")
     push(cluster, "c:3", message(1, 9))
     wait_for(lambda: sinks[1].events, "the event on the new owner")
-    assert sinks[3].resyncs == 0, "the user who stayed is left alone"
+    assert sinks[3].rereads == 0, "the user who stayed is left alone"
 
 
 def test_a_lost_master_hands_its_channels_to_the_promoted_replica(hub, cluster):
@@ -151,8 +151,8 @@ def test_a_lost_master_hands_its_channels_to_the_promoted_replica(hub, cluster):
     wait_for(lambda: "a-replica:4" in cluster.conns, "the promoted replica's connection")
     conn = cluster.conns["a-replica:4"][-1]
     wait_for(lambda: sorted(conn.channels()) == ["notifications:1", "notifications:3"], "both channels moved")
-    wait_for(lambda: sinks[1].resyncs == 1 and sinks[3].resyncs == 1, "their streams re-read the store")
-    assert sinks[2].resyncs == 0
+    wait_for(lambda: sinks[1].rereads == 1 and sinks[3].rereads == 1, "their streams re-read the store")
+    assert sinks[2].rereads == 0
     wait_for(lambda: "a:1" not in hub.stats()["nodes"], "the dead node's hub dropped")
     push(cluster, "a-replica:4", message(3, 4))
     wait_for(lambda: sinks[3].events, "delivery from the new master")

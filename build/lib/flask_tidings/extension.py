@@ -29,8 +29,6 @@ from flask_tidings.tally import FailureTally
 log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "tidings"
-# Streams a stopping worker carries to its successors (succession.py) are of this kind.
-CARRIED = "tidings.streams"
 
 DEFAULTS: dict[str, Any] = {
     "TIDINGS_REDIS_URL": None,  # None: the app's REDIS_URL, else redis://127.0.0.1:6379/0
@@ -100,6 +98,7 @@ class Tidings:
         """Bind to ``app``: config defaults, the blueprint, the template helpers, and the
         streams a stopping worker carries here."""
         from flask_tidings import succession
+        from flask_tidings.live import CARRIED
         from flask_tidings.views import make_blueprint
 
         if store is not None:
@@ -242,6 +241,8 @@ class Tidings:
         from flask_tidings.hub import StreamingUnavailable
 
         state = _state()
+        if state.in_memory:
+            return None
         try:
             state.redis.ping()
         except redis.RedisError as exc:
@@ -341,6 +342,8 @@ class _State:
         self.redis_url = config["TIDINGS_REDIS_URL"] or config.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
         cluster = config["TIDINGS_REDIS_CLUSTER"]
         self.cluster = bool(config.get("REDIS_CLUSTER", False) if cluster is None else cluster)
+        # memory://<name>: the in-process backend of fast tests (memory.py), no Redis at all.
+        self.in_memory = self.redis_url.startswith("memory://")
         self._pid = os.getpid()
         self._redis: redis.Redis | None = None
         self._hub = None
@@ -361,6 +364,10 @@ class _State:
     @property
     def redis(self) -> redis.Redis:
         self._forked()
+        if self._redis is None and self.in_memory:
+            raise RuntimeError(
+                f"{self.redis_url} is the in-memory pub/sub of tests: there is no Redis client"
+            )
         if self._redis is None and self.cluster:
             # Per node a pool of at most 8, as below; MOVED and failovers are redis-py's to follow.
             self._redis = redis.RedisCluster.from_url(
@@ -395,7 +402,11 @@ class _State:
         when Redis is away: the notification is stored, and streams re-read the store when
         their hub reconnects."""
         try:
-            if self.cluster:
+            if self.in_memory:
+                from flask_tidings.memory import MemoryBroker
+
+                MemoryBroker.named(self.redis_url).publish(channel_for(user_id), event.to_json())
+            elif self.cluster:
                 self.redis.spublish(channel_for(user_id), event.to_json())
             else:
                 self.redis.publish(channel_for(user_id), event.to_json())
@@ -415,7 +426,11 @@ class _State:
                 "ping_interval": float(config["TIDINGS_HUB_PING_SECONDS"]),
                 "key_of": self.ext.kinds.key_of,
             }
-            if self.cluster:
+            if self.in_memory:
+                from flask_tidings.memory import MemoryBroker, MemoryHub
+
+                self._hub = MemoryHub(MemoryBroker.named(self.redis_url), options["key_of"])
+            elif self.cluster:
                 from flask_tidings.shards import ShardedHub
 
                 self._hub = ShardedHub.for_url(self.redis_url, **options)

@@ -16,7 +16,7 @@ gunicorn's gevent worker with four changes:
   the worker closes its listening sockets first and refuses streams asked on connections it
   already has, so no browser reconnects into a stopping worker. It then asks the owners of
   taken connections (the notification streams) to pass them to the workers that succeed it
-  (``app/succession.py``: on a deploy the connections stay open) and to close the rest.
+  (``succession.py``: on a deploy the connections stay open) and to close the rest.
 * **Refusals at boot** for what cannot work: TLS at gunicorn (a taken socket has no TLS
   state; terminate TLS at the proxy, see ``deploy/``).
 """
@@ -37,17 +37,13 @@ from gevent.server import StreamServer
 from gunicorn.workers.base_async import ALREADY_HANDLED
 from gunicorn.workers.ggevent import GeventWorker
 
+from flask_tidings.handover import ENVIRON_KEY, HandoverRefused
 from flask_tidings.succession import Inbox, Successors, directory
 
 log = logging.getLogger(__name__)
 
-ENVIRON_KEY = "tidings.handover"
 # gunicorn's exit status for "this worker cannot boot": the arbiter stops instead of respawning.
 WORKER_BOOT_ERROR = 3
-
-
-class HandoverRefused(RuntimeError):
-    """The connection cannot be taken over (see ``Handover.refusal``)."""
 
 
 class Owner(Protocol):
@@ -141,7 +137,7 @@ class StreamWorker(GeventWorker):
         self.wsgi = partial(self._serve, self.served_app)
 
     def _open_inbox(self) -> Inbox | None:
-        """Listen for connections a stopping sibling carries over (app/succession.py)."""
+        """Listen for connections a stopping sibling carries over (succession.py)."""
         try:
             return Inbox(directory(self.ppid), str(self.pid), lambda: self.alive, self.owners.add).open()
         except OSError as exc:

@@ -1,10 +1,10 @@
-"""The per-process hub: one Redis pub/sub connection fanning out to this worker's streams.
+"""The per-process hub: one Redis pub/sub connection under this worker's fan-out (fanout.py).
 
-Each gunicorn gevent worker has one ``Hub``. It subscribes to ``notifications:<id>`` only
-while that user has an open stream in this worker (reference-counted) and offers every
-message to the user's streams. A listener greenlet holds the connection (connects,
-subscribes, reconnects); the replies are read and handled by the event loop itself, as
-the socket becomes readable (``_Reading``), like the streams' own writes.
+Each gunicorn gevent worker has one ``Hub``, the Redis backend of its streams. It subscribes
+to ``notifications:<id>`` only while that user has an open stream in this worker (the
+fan-out's reference counts) and hands every message to the fan-out. A listener greenlet holds
+the connection (connects, subscribes, reconnects); the replies are read and handled by the
+event loop itself, as the socket becomes readable (``_Reading``), like the streams' own writes.
 Offering never blocks the event loop: an open stream writes to its socket without waiting
 (see ``live.py``), and a stream still being opened keeps the latest event per key.
 When Redis goes away the listener reconnects with capped exponential backoff,
@@ -28,8 +28,9 @@ from redis.exceptions import InvalidResponse
 from redis.retry import Retry
 
 from flask_tidings import telemetry
-from flask_tidings.events import Event, channel_for, user_id_from_channel
-from flask_tidings.kinds import SESSION_ENDED, session_tag
+from flask_tidings.events import channel_for, user_id_from_channel
+from flask_tidings.fanout import Fanout, Subscription
+from flask_tidings.fences import redis_socket
 from flask_tidings.tally import FailureTally
 
 log = logging.getLogger(__name__)
@@ -49,71 +50,6 @@ def require_gevent() -> None:
         )
 
 
-class Subscription:
-    """One stream as the hub sees it: whose it is, and where its events go.
-
-    While the stream is being opened (the store is read, the replay written) events wait
-    in a mailbox that keeps the latest per key; once a ``sink`` is attached they go
-    straight to it. A sink has ``send_event(event)``, ``resync()`` and ``close()``.
-    """
-
-    MAX_PENDING = 64
-
-    __slots__ = ("user_id", "login", "session_tag", "resync", "closed", "_mailbox", "_sink")
-
-    def __init__(self, user_id: int, session: str | None) -> None:
-        self.user_id = user_id
-        self.login = session  # the login token, for a worker this stream is carried to
-        self.session_tag = session_tag(session) if session else None
-        self.resync = False
-        self.closed = False
-        self._mailbox: dict[str, Event] = {}
-        self._sink: Any = None
-
-    def offer(self, event: Event) -> None:
-        """Deliver ``event`` or queue it, replacing a pending one with the same key; never blocks."""
-        if self._sink is not None:
-            self._sink.send_event(event)
-            return
-        key = event.key if event.id is not None else "ephemeral:" + event.name
-        self._mailbox.pop(key, None)
-        self._mailbox[key] = event
-        if len(self._mailbox) > self.MAX_PENDING:
-            # Too far behind: forget the backlog, the store holds what matters.
-            self._mailbox.clear()
-            self.resync = True
-
-    def request_resync(self) -> None:
-        """Ask the stream to re-read the store (after a reconnect)."""
-        if self._sink is not None:
-            self._sink.resync()
-        else:
-            self.resync = True
-
-    def close(self) -> None:
-        """End the stream (now, or as soon as it is attached)."""
-        self.closed = True
-        if self._sink is not None:
-            self._sink.close()
-
-    def drain(self) -> list[Event]:
-        """Take everything pending, oldest first."""
-        events = list(self._mailbox.values())
-        self._mailbox.clear()
-        return events
-
-    def attach(self, sink: Any) -> list[Event]:
-        """Send future events to ``sink``; returns those that waited meanwhile."""
-        events = self.drain()
-        self._sink = sink
-        return events
-
-    @property
-    def pending(self) -> int:
-        """How many events wait in the mailbox."""
-        return len(self._mailbox)
-
-
 class Hub:
     """Reference-counted subscriptions over one pub/sub connection, for one process."""
 
@@ -129,9 +65,11 @@ class Hub:
         on_moved: Callable[[list[str]], None] | None = None,
         on_lost: Callable[[], None] | None = None,
         key_of: Callable[[str, Any], str] | None = None,
+        fanout: Fanout | None = None,
     ) -> None:
         self._connect = connect
-        self.key_of = key_of  # the kinds' store-key rule, for events read off the channel
+        # The streams this hub delivers to (a cluster's node hubs each have their own).
+        self.fanout = fanout or Fanout(key_of)
         # Sharded pub/sub (a Redis Cluster node, see shards.py): SSUBSCRIBE, one channel per
         # command (a command's channels must share a slot); the cluster calls back when a
         # channel's slot moved away (``on_moved``) or this node cannot be reached (``on_lost``).
@@ -144,7 +82,6 @@ class Hub:
         self.subscribe_timeout = subscribe_timeout
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
-        self._subs: dict[int, set[Subscription]] = {}
         self._conn: Any = None
         self._reading: _Reading | None = None
         self._write_lock = gevent.lock.RLock()
@@ -203,11 +140,7 @@ class Hub:
         self.start()
         sub = Subscription(user_id, session)
         channel = channel_for(user_id)
-        subs = self._subs.get(user_id)
-        if subs:
-            subs.add(sub)
-        else:
-            self._subs[user_id] = {sub}
+        if self.fanout.add(sub):
             telemetry.CHANNELS_SUBSCRIBED.inc()
             with self._write_lock:
                 self._pending[channel] = self._pending.get(channel, 0) + 1
@@ -222,42 +155,21 @@ class Hub:
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Release a stream; the channel is unsubscribed when its last stream leaves."""
-        subs = self._subs.get(sub.user_id)
-        if subs is None or sub not in subs:
+        if not self.fanout.remove(sub):
             return
-        subs.discard(sub)
-        if subs:
-            return
-        del self._subs[sub.user_id]
         telemetry.CHANNELS_SUBSCRIBED.dec()
         channel = channel_for(sub.user_id)
         with self._write_lock:
             self._subscribed.discard(channel)
             self._send(self._unsubscribe_cmd, channel)
 
-    def close_session(self, user_id: int, tag: str) -> int:
-        """Close the streams of one login (``session_tag``); returns how many."""
-        closed = 0
-        for sub in list(self._subs.get(user_id, ())):
-            if sub.session_tag == tag:
-                sub.close()
-                closed += 1
-        return closed
-
-    def close_user(self, user_id: int) -> int:
-        """Close every stream of ``user_id``; returns how many."""
-        subs = list(self._subs.get(user_id, ()))
-        for sub in subs:
-            sub.close()
-        return len(subs)
-
     def users(self) -> list[int]:
         """The users whose channels this hub subscribes."""
-        return list(self._subs)
+        return self.fanout.users()
 
     def release(self, user_id: int, tell_server: bool = True) -> set[Subscription]:
         """Give up ``user_id``'s channel and hand back its streams (they move to another hub)."""
-        subs = self._subs.pop(user_id, set())
+        subs = self.fanout.take(user_id)
         if not subs:
             return subs
         telemetry.CHANNELS_SUBSCRIBED.dec()
@@ -279,12 +191,10 @@ class Hub:
         if not subs:
             return
         self.start()
-        if user_id in self._subs:
-            self._subs[user_id] |= subs
+        if not self.fanout.put(user_id, subs):
             for sub in subs:
                 sub.request_resync()
             return
-        self._subs[user_id] = set(subs)
         telemetry.CHANNELS_SUBSCRIBED.inc()
         channel = channel_for(user_id)
         with self._write_lock:
@@ -295,20 +205,11 @@ class Hub:
     def shutdown(self) -> None:
         """End every stream now (worker stopping) so browsers reconnect elsewhere at once."""
         self._stopping = True
-        count = 0
-        for subs in list(self._subs.values()):
-            for sub in list(subs):
-                count += not sub.closed  # those carried to another worker are closed here already
-                sub.close()
-        log.info("hub shutting down: closed %d streams", count)
+        log.info("hub shutting down: closed %d streams", self.fanout.close_all())
 
     def stats(self) -> dict[str, Any]:
         """Counts for operators and tests."""
-        return {
-            "users": len(self._subs),
-            "streams": sum(len(s) for s in self._subs.values()),
-            "connected": self.connected.is_set(),
-        }
+        return {**self.fanout.stats(), "connected": self.connected.is_set()}
 
     # -- listener's side -----------------------------------------------------------
 
@@ -410,7 +311,7 @@ class Hub:
         with self._write_lock:
             self._conn = conn
             self._subscribed.clear()
-            channels = [channel_for(user_id) for user_id in self._subs]
+            channels = [channel_for(user_id) for user_id in self.fanout.users()]
             self._pending = dict.fromkeys(channels, 1)
             self._resync_channels = set(channels)
             if channels and self.sharded:
@@ -442,10 +343,10 @@ class Hub:
         kind = reply[0]
         channel = _text(reply[1])
         if kind in (b"message", b"smessage"):
-            self.dispatch(channel, reply[2])
+            self.fanout.dispatch(channel, reply[2])
         elif kind in (b"subscribe", b"ssubscribe"):
             self._confirm(channel)
-        elif kind == b"sunsubscribe" and user_id_from_channel(channel) in self._subs:
+        elif kind == b"sunsubscribe" and user_id_from_channel(channel) in self.fanout:
             # Not asked for: the channel's slot moved to another node (a reshard, a failover).
             self._moved([channel], "the server unsubscribed it")
 
@@ -461,7 +362,7 @@ class Hub:
             return
         self._pending.pop(channel, None)
         user_id = user_id_from_channel(channel)
-        if user_id not in self._subs:
+        if user_id not in self.fanout:
             return
         self._subscribed.add(channel)
         waiter = self._waiters.pop(channel, None)
@@ -469,30 +370,7 @@ class Hub:
             waiter.set()
         if channel in self._resync_channels:
             self._resync_channels.discard(channel)
-            for sub in list(self._subs[user_id]):
-                sub.request_resync()
-
-    def dispatch(self, channel: str, raw: bytes | str) -> None:
-        """Parse one channel message once and offer it to the channel's local streams."""
-        user_id = user_id_from_channel(channel)
-        subs = self._subs.get(user_id) if user_id is not None else None
-        if not subs:
-            return
-        try:
-            event = Event.from_json(raw, self.key_of)
-        except ValueError as exc:
-            log.warning("dropped a message on %s: %s: %.200r", channel, exc, raw)
-            return
-        if event.name == SESSION_ENDED:
-            data = event.data if isinstance(event.data, dict) else {}
-            if data.get("all") is True:
-                self.close_user(user_id)
-            elif isinstance(data.get("session"), str):
-                self.close_session(user_id, data["session"])
-            return
-        telemetry.DELIVERIES.inc(len(subs))
-        for sub in list(subs):
-            sub.offer(event)
+            self.fanout.request_resync(user_id)
 
 
 class _Reading:
@@ -511,8 +389,7 @@ class _Reading:
     __slots__ = ("ended", "error", "heard", "replied", "_sock", "_parser", "_handle", "_watcher")
 
     def __init__(self, conn: Any, handle: Callable[[Any], None]) -> None:
-        sock = conn._sock  # redis-py's socket; under gevent a wrapper of the real, non-blocking one
-        self._sock = getattr(sock, "_sock", sock)
+        self._sock = redis_socket(conn)
         if self._sock.gettimeout() != 0:
             raise RuntimeError("the hub reads a non-blocking socket: run it under gevent")
         self._parser = hiredis.Reader(protocolError=InvalidResponse, replyError=redis.ResponseError)

@@ -23,11 +23,11 @@ of the last whole event it got and the store replays the rest, exactly once.
 
 from __future__ import annotations
 
-import _socket
 import logging
 import os
 import random
 import resource
+import socket
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Iterable
@@ -39,12 +39,13 @@ import gevent.pool
 from flask_tidings import telemetry
 from flask_tidings.caps import StreamCap
 from flask_tidings.events import Event
-from flask_tidings.hub import Hub, Subscription
+from flask_tidings.fanout import PubSub, Subscription
+from flask_tidings.fences import raw_socket
 from flask_tidings.succession import PACKET_FDS, Successors
 
 log = logging.getLogger(__name__)
 
-# The kind of connection this module carries from a stopping worker (app/succession.py).
+# The kind of connection this module carries from a stopping worker (succession.py).
 CARRIED = "tidings.streams"
 
 KEEPALIVE = b": keepalive\n\n"
@@ -120,7 +121,7 @@ class LiveStream:
     )
 
     def __init__(
-        self, streams: Streams, sub: Subscription, sock: _socket.socket, unseen: Unseen, lease: str | None
+        self, streams: Streams, sub: Subscription, sock: socket.socket, unseen: Unseen, lease: str | None
     ) -> None:
         self.sub = sub
         self.lease = lease
@@ -202,7 +203,7 @@ class LiveStream:
         return not self.closed and self._queue is None
 
     def state(self) -> dict:
-        """Everything a successor needs besides the socket (app/succession.py)."""
+        """Everything a successor needs besides the socket (succession.py)."""
         sub = self.sub
         return {"user": sub.user_id, "login": sub.login, "lease": self.lease, "unseen": self.unseen.state()}
 
@@ -276,7 +277,7 @@ class Streams:
 
     def __init__(
         self,
-        hub: Hub,
+        hub: PubSub,
         read_store: Callable[[int, int], list[Event]],
         *,
         heartbeat: float,
@@ -316,7 +317,7 @@ class Streams:
         and releases ``sub`` and ``lease``.
         """
         self._start()
-        sock = _socket.socket(fileno=fd)
+        sock = raw_socket(fd)
         try:
             stream = LiveStream(self, sub, sock, unseen, lease)
         except BaseException:

@@ -7,11 +7,11 @@ users' channels (hub.py, in its sharded mode: same reference counting, confirmat
 the store read, and a listener that never dies), and sends each user's ``SSUBSCRIBE`` to the
 hub of the channel's owner.
 
-The slot map is redis-py's (``RedisCluster.nodes_manager``). When a channel leaves a node (the
-server's own ``sunsubscribe`` after a slot migration, ``MOVED`` for a subscribe, a node that
-cannot be reached after a failover), the map is refreshed and every user of that node whose
-channel now lives elsewhere moves to that node's hub; their streams re-read the store once the
-new subscription is confirmed, so nothing published meanwhile is lost.
+The slot map is redis-py's (``RedisCluster.nodes_manager``, through fences.py). When a channel
+leaves a node (the server's own ``sunsubscribe`` after a slot migration, ``MOVED`` for a
+subscribe, a node that cannot be reached after a failover), the map is refreshed and every user
+of that node whose channel now lives elsewhere moves to that node's hub; their streams re-read
+the store once the new subscription is confirmed, so nothing published meanwhile is lost.
 
 Why a listener per node rather than redis-py's ``ClusterPubSub.get_sharded_message``: that one
 polls the nodes' connections in turn, so a quiet node's poll timeout sits in front of a busy
@@ -29,7 +29,9 @@ import redis
 from redis.cluster import RedisCluster
 
 from flask_tidings.events import channel_for, user_id_from_channel
-from flask_tidings.hub import Hub, Subscription
+from flask_tidings.fanout import Subscription
+from flask_tidings.fences import node_of_slot, refresh_slot_map
+from flask_tidings.hub import Hub
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ class ShardedHub:
     def owner(self, user_id: int) -> str:
         """The name (``host:port``) of the master serving ``user_id``'s channel."""
         slot = self.cluster.keyslot(channel_for(user_id))
-        return self.cluster.nodes_manager.get_node_from_slot(slot).name
+        return node_of_slot(self.cluster, slot)
 
     def _hub(self, node: str) -> Hub:
         hub = self._hubs.get(node)
@@ -106,9 +108,9 @@ class ShardedHub:
         if sub.user_id not in hub.users():
             self._home.pop(sub.user_id, None)
 
-    def close_session(self, user_id: int, tag: str) -> int:
-        node = self._home.get(user_id)
-        return self._hubs[node].close_session(user_id, tag) if node in self._hubs else 0
+    def users(self) -> list[int]:
+        """The users with a stream here, on any node."""
+        return list(self._home)
 
     def start(self) -> None:
         """Nothing to start before a user subscribes (each node's hub starts with its first)."""
@@ -146,7 +148,7 @@ class ShardedHub:
         self._rerouting = True
         try:
             try:
-                self.cluster.nodes_manager.initialize()
+                refresh_slot_map(self.cluster)
             except (redis.RedisError, OSError) as exc:
                 log.warning("could not refresh the cluster's slot map (%s); retrying with the hub", exc)
                 return

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from flask_tidings.gunicorn import ENVIRON_KEY, HandoverRefused
+from flask_tidings.handover import ENVIRON_KEY, HandoverRefused
 from flask_tidings.hub import StreamingUnavailable
 from flask_tidings.live import Unseen
 
