@@ -1,7 +1,7 @@
 """Open streams after their handshake: sockets written to directly, with no greenlet each.
 
 ``/stream`` is served by Flask like any other request until the store has been read. Its
-response then takes the socket over (``views.StreamHandover``): it writes the response head,
+response then takes the socket over (``views.OpeningStream``): it writes the response head,
 ``retry:`` and the replay itself and hands the socket to this process's ``Streams``. From
 then on an event costs one non-blocking ``send`` per tab, made by the hub's listener as it
 reads the event from Redis, and an idle stream costs a socket, two small objects and a read

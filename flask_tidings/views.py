@@ -6,7 +6,7 @@ import logging
 import math
 from typing import TYPE_CHECKING
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from flask_tidings.handover import ENVIRON_KEY, HandoverRefused
 from flask_tidings.hub import StreamingUnavailable
@@ -47,8 +47,9 @@ def make_blueprint(tidings: Tidings) -> Blueprint:
     def stream():
         """Server-Sent Events of the current user's notifications, with replay from a cursor.
 
-        The view checks what it can answer now; the response it returns (``StreamHandover``)
-        opens the stream: it subscribes, reads the store, takes the connection over.
+        The view checks what it can answer, then opens the stream (``OpeningStream``: a place
+        under the cap, the subscription, the replay) and returns the response that hands the
+        connection to this worker's streams.
         """
         who = tidings.current_identity()
         if who is None:
@@ -71,9 +72,14 @@ def make_blueprint(tidings: Tidings) -> Blueprint:
             log.info("refused a stream: %s", handover.refusal)
             return _unavailable(handover.refusal)
         if request.method == "HEAD":
-            return Response(content_type=StreamHandover.CONTENT_TYPE, headers=StreamHandover.HEADERS)
-        return StreamHandover(state, who.user_id, who.login, cursor or 0)
+            return Response(content_type=OpeningStream.CONTENT_TYPE, headers=OpeningStream.HEADERS)
+        opening = OpeningStream(state, who.user_id, who.login, cursor or 0)
+        refusal = opening.open()
+        if refusal is not None:
+            return refusal
+        return opening.response()
 
+    bp.teardown_request(give_back_unopened)
     for decorate in tidings.stream_decorators:
         stream = decorate(stream)
     bp.add_url_rule("/stream", "stream", stream)
@@ -99,68 +105,106 @@ NO_HANDOVER = (
 )
 
 
-class StreamHandover(Response):
-    """The /stream response: rather than give gunicorn a body, it takes the socket over.
+class OpeningStream:
+    """One stream from the view to the hand-over: the states ``opening`` → ``handed over`` (its
+    socket now belongs to this worker's ``Streams``, live.py) or ``given back``.
 
-    The server calls a response once Flask is done with it (after_request handlers ran,
-    headers are final) and while the request context still stands. This one then subscribes
-    to the user's channel, reads the store (subscribing first: whatever commits after the
-    read is live), calls ``start_response`` (so middleware sees a 200), takes the connection
-    through the worker's ``Handover`` (gunicorn.py), writes the head, ``retry:`` and the
-    replay itself, hands the socket to this worker's ``Streams`` and returns an empty body.
-    The request context, its database session and the greenlet then end as for any request.
+    The view calls ``open()``: it holds a place under the per-user cap, subscribes to the user's
+    channel, then reads the store above the cursor (subscribing first: whatever commits after
+    the read arrives live and waits in the subscription's mailbox). ``response()`` is what the
+    view returns; once Flask has finished it (after_request handlers ran, headers are final)
+    the server calls it, and it writes the head, ``retry:`` and the replay and hands the socket
+    over. A stream that never got there (an error after the view) is given back when the
+    request ends, releasing its subscription and its place under the cap.
     """
 
     CONTENT_TYPE = "text/event-stream; charset=utf-8"
     HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    # Hop-by-hop or length headers this response must not carry: its body ends when it closes.
-    _DROPPED = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 
     def __init__(self, state, user_id: int, login: str | None, cursor: int) -> None:
-        super().__init__(content_type=self.CONTENT_TYPE, headers=self.HEADERS)
         self.state, self.user_id, self.login, self.cursor = state, user_id, login, cursor
+        self.streams = state.streams
+        self.sub = self.lease = None
+        self.body = b""
+        self.state_name = "opening"
 
-    def __call__(self, environ, start_response):
+    def open(self) -> Response | None:
+        """Take a place, subscribe, read the replay; None, or the JSON refusal to answer instead."""
         # No database connection is held while Redis is asked (a session loaded through the
         # remember-me cookie gives its back), or a burst of connects overflows the pool. Most
         # connects never made an ORM session: none is made just to close it.
         close_database_session()
-        streams = self.state.streams
+        streams = self.streams
         if streams.full:
             log.warning("refused a stream: this worker holds %d, its limit", len(streams))
-            return _unavailable("this server holds all the streams it can; try again shortly")(
-                environ, start_response
-            )
-        lease = streams.cap.acquire(self.user_id)
-        if lease is None:
+            return _unavailable("this server holds all the streams it can; try again shortly")
+        g._tidings_opening = self  # given back when the request ends, unless handed over
+        self.lease = streams.cap.acquire(self.user_id)
+        if self.lease is None:
             return _refused(
                 429, f"you have {streams.cap.limit} notification streams open already; close a tab"
-            )(environ, start_response)
-        sub = streams.hub.subscribe(self.user_id, self.login)
-
-        def give_back() -> None:  # no-ops once the stream was adopted: closing it releases both
-            streams.hub.unsubscribe(sub)
-            streams.cap.release(self.user_id, lease)
-
+            )
+        self.sub = streams.hub.subscribe(self.user_id, self.login)
         try:
             backlog = self.state.ext.store.since_id(self.user_id, self.cursor)
         except Exception:
-            give_back()
+            self.give_back()
             log.exception("could not read the notification store for a stream")
-            return _unavailable("notifications are unavailable for a moment")(environ, start_response)
-        unseen = Unseen(self.cursor)
+            return _unavailable("notifications are unavailable for a moment")
+        self.unseen = Unseen(self.cursor)
         retry = f"retry: {current_app.config['TIDINGS_RETRY_MS']}\n\n".encode()
-        body = retry + (unseen.frames(backlog) or b": connected\n\n")
+        self.body = retry + (self.unseen.frames(backlog) or b": connected\n\n")
+        return None
+
+    def response(self) -> StreamResponse:
+        """The response that hands the connection over when the server calls it."""
+        return StreamResponse(self)
+
+    def hand_over(self, environ, head: bytes) -> None:
+        """Give the socket, with ``head`` and the replay to write first, to this worker's streams.
+        HandoverRefused (the stream given back) when the connection cannot be taken."""
+        streams = self.streams
         try:
             environ[ENVIRON_KEY].take(
-                streams, lambda fd: streams.adopt(sub, fd, unseen, self._head() + body, lease)
+                streams, lambda fd: streams.adopt(self.sub, fd, self.unseen, head + self.body, self.lease)
             )
-        except HandoverRefused as exc:
-            give_back()
-            return _unavailable(str(exc))(environ, start_response)
-        except Exception:
-            give_back()
+        except BaseException:
+            self.give_back()
             raise
+        self.state_name = "handed over"  # closing the stream releases the subscription and the lease
+
+    def give_back(self) -> None:
+        """Release the subscription and the place under the cap (idempotent; not once handed over)."""
+        if self.state_name != "opening":
+            return
+        self.state_name = "given back"
+        if self.sub is not None:
+            self.streams.hub.unsubscribe(self.sub)
+        if self.lease is not None:
+            self.streams.cap.release(self.user_id, self.lease)
+
+
+class StreamResponse(Response):
+    """The /stream response: rather than give gunicorn a body, it takes the socket over.
+
+    The server calls a response once Flask is done with it and while the request context still
+    stands. This one writes nothing through gunicorn: it calls ``start_response`` (so
+    middleware sees a 200), hands the connection over (``OpeningStream.hand_over``, through the
+    worker's ``Handover``, gunicorn.py) and returns an empty body.
+    """
+
+    # Hop-by-hop or length headers this response must not carry: its body ends when it closes.
+    _DROPPED = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
+
+    def __init__(self, opening: OpeningStream) -> None:
+        super().__init__(content_type=OpeningStream.CONTENT_TYPE, headers=OpeningStream.HEADERS)
+        self.opening = opening
+
+    def __call__(self, environ, start_response):
+        try:
+            self.opening.hand_over(environ, self._head())
+        except HandoverRefused as exc:
+            return _unavailable(str(exc))(environ, start_response)
         start_response(self.status, self._headers())  # for middleware: gunicorn writes nothing now
         return []
 
@@ -173,6 +217,13 @@ class StreamHandover(Response):
         lines += [f"{k}: {v}" for k, v in self._headers()]
         lines.append("Connection: close")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def give_back_unopened(exc: BaseException | None = None) -> None:
+    """Teardown: a stream opened by the view but never handed over releases what it holds."""
+    opening = g.pop("_tidings_opening", None)
+    if opening is not None:
+        opening.give_back()
 
 
 def close_database_session() -> None:
