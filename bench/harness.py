@@ -480,7 +480,7 @@ class Rig:
         with app.app_context():
             for uid in user_ids:
                 tidings.notify(uid, "unread_message_count", count)
-            db.session.commit()
+                db.session.commit()
             db.engine.dispose()
 
     def close(self) -> None:

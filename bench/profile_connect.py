@@ -30,7 +30,7 @@ PARTS = {
     "rate limit wrapper": "RouteLimit.__call__",
     "stream cap (Redis)": "StreamCap.acquire",
     "subscribe (hub)": "Hub.subscribe",
-    "store read": "stored_events (",
+    "store read": "since_id (",
     "hand-over and adopt": "Handover.take",
     "event loop, listener": "Hub.run",
 }

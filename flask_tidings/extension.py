@@ -101,13 +101,12 @@ class Tidings:
         from flask_tidings.live import CARRIED
         from flask_tidings.views import make_blueprint
 
-        if store is not None:
-            self.store = store
-        if self.store is None:
+        store = store or self.store
+        if store is None:
             raise RuntimeError("Tidings needs a store: Tidings(store=SQLAlchemyStore(db, Notification))")
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
-        state = app.extensions[EXTENSION_KEY] = _State(app, self)
+        state = app.extensions[EXTENSION_KEY] = _State(app, self, store)
         if self._blueprint is None:
             self._blueprint = make_blueprint(self)
         app.register_blueprint(self._blueprint)
@@ -131,6 +130,11 @@ class Tidings:
         worker during a deploy are checked with it (default: every login stays valid)."""
         self._logins_open = checker
         return checker
+
+    @property
+    def current_store(self) -> Store:
+        """The current app's store (``init_app``'s, else the one given to ``Tidings``)."""
+        return _state().store
 
     @property
     def blueprint(self):
@@ -159,16 +163,17 @@ class Tidings:
         """
         declared = self.kinds.declared(kind)
         user_id = _user_id(user)
-        self.store.lock(user_id)
+        store = self.current_store
+        store.lock(user_id)
         if callable(data):
             data = data()
         payload = encode(data)
-        return self.store.add(user_id, kind, declared.key(data), payload, _publish_stored)
+        return store.add(user_id, kind, declared.key(data), payload, _publish_stored)
 
     def forget(self, user: Any, kind: str, data: Any = None) -> None:
         """Delete ``user``'s stored notification of ``kind`` (the one ``data`` would replace), in
         the current transaction: fresh tabs stop replaying it."""
-        self.store.forget(_user_id(user), self.kinds.declared(kind).key(data))
+        self.current_store.forget(_user_id(user), self.kinds.declared(kind).key(data))
 
     def publish(self, user: Any, kind: str, data: Any) -> bool:
         """Send an ephemeral event to ``user``'s open streams now: not stored, not replayed.
@@ -191,7 +196,7 @@ class Tidings:
 
     def latest_id(self, user: Any) -> int:
         """The newest stored notification id of ``user``: where a rendered page's stream resumes."""
-        return self.store.latest_id(_user_id(user))
+        return self.current_store.latest_id(_user_id(user))
 
     def channel(self, user: Any) -> str:
         """The Redis channel carrying ``user``'s notifications."""
@@ -335,9 +340,10 @@ class _TemplateHelper:
 class _State:
     """One app's engine in this process."""
 
-    def __init__(self, app: Flask, ext: Tidings) -> None:
+    def __init__(self, app: Flask, ext: Tidings, store: Store) -> None:
         self.app = app
         self.ext = ext
+        self.store = store
         config = app.config
         self.redis_url = config["TIDINGS_REDIS_URL"] or config.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
         cluster = config["TIDINGS_REDIS_CLUSTER"]
@@ -447,11 +453,11 @@ class _State:
             from flask_tidings.caps import StreamCap
             from flask_tidings.live import Streams
 
-            app, ext, config = self.app, self.ext, self.app.config
+            app, ext, store, config = self.app, self.ext, self.store, self.app.config
 
             def read_store(user_id: int, since_id: int) -> list[Event]:
                 with app.app_context():
-                    return ext.store.since_id(user_id, since_id)
+                    return store.since_id(user_id, since_id)
 
             def logins(tokens: Collection[str]) -> set[str]:
                 with app.app_context():

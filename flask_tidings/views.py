@@ -42,7 +42,7 @@ def make_blueprint(tidings: Tidings) -> Blueprint:
             return json_error(400, "'since' must be a number of seconds")
         if not math.isfinite(since):
             return json_error(400, "'since' must be a finite number")
-        return jsonify([event.to_dict() for event in tidings.store.since_time(who.user_id, since)])
+        return jsonify([event.to_dict() for event in tidings.current_store.since_time(who.user_id, since)])
 
     def stream():
         """Server-Sent Events of the current user's notifications, with replay from a cursor.
@@ -146,7 +146,7 @@ class OpeningStream:
             )
         self.sub = streams.hub.subscribe(self.user_id, self.login)
         try:
-            backlog = self.state.ext.store.since_id(self.user_id, self.cursor)
+            backlog = self.state.store.since_id(self.user_id, self.cursor)
         except Exception:
             self.give_back()
             log.exception("could not read the notification store for a stream")

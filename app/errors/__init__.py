@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import sqlalchemy as sa
-from flask import Blueprint, Response, abort, g, render_template, request
+from flask import Blueprint, Response, abort, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 
@@ -58,15 +58,15 @@ def _handle_unexpected(exc: Exception):
 @bp.app_errorhandler(sa.exc.OperationalError)
 def handle_database_unavailable(exc: sa.exc.OperationalError):
     """The database is away (restarting, failing over, locked): 503 with Retry-After, not a 500."""
-    from app.extensions import db, login
+    from app.extensions import db
+    from app.login_session import draw_without_user
 
     _database.failed(exc.orig or exc)
     try:
         db.session.rollback()
     except sa.exc.SQLAlchemyError:
         pass  # the connection is gone already; the pool replaces it
-    # The page is drawn without the user (their navbar would ask the database again).
-    g._login_user = login.anonymous_user()
+    draw_without_user()  # their navbar (and its stream attributes) would ask the database again
     response, status, _ = _handle_http(
         ServiceUnavailable("The database is unavailable for a moment. Please try again.")
     )

@@ -49,8 +49,14 @@ def send_message(recipient: str):
         msg = Message(sender_id=current_user.id, recipient_id=user.id, body=form.message.data)
         db.session.add(msg)
         db.session.flush()
-        # Counted once bob's notifications are locked: concurrent sends count each other's messages.
-        tidings.notify(user, "unread_message_count", user.unread_message_count)
+
+        def unread() -> int:
+            """Counted once the recipient is locked: concurrent sends count each other's messages,
+            and a concurrent "all read" (its read time, committed) is seen."""
+            db.session.refresh(user, ["last_message_read_time"])
+            return user.unread_message_count()
+
+        tidings.notify(user, "unread_message_count", unread)
         tidings.notify(
             user,
             "new_message",

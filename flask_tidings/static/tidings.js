@@ -8,7 +8,7 @@
 // tab opens its own stream; without EventSource, tabs poll /notifications?since=.
 //
 // This is transport only. A page shows events by registering handlers, in a script after this
-// one: `Tidings.on("kind", function (n, live) { ... })` (`n` is the Notification object; `live`
+// one (the stream starts at DOMContentLoaded): `Tidings.on("kind", function (n, live) { ... })` (`n` is the Notification object; `live`
 // is false for what a poller's first request finds). Every event is also re-dispatched on
 // `document` as a "tidings:<name>" CustomEvent. Pure parts live in tidings-core.js.
 (function () {
@@ -233,5 +233,7 @@
   // another tab leads; coming back from the cache: take part again.
   window.addEventListener("pagehide", function () { if (relay) unshare(); else disconnect(); });
   window.addEventListener("pageshow", function (e) { if (e.persisted) start(); });
-  start();
+  // Start once the page's own scripts (after this one) have registered their handlers.
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else setTimeout(start, 0);
 })();

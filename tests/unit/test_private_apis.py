@@ -17,7 +17,7 @@ from flask_login import LoginManager, UserMixin, login_user
 from gunicorn.workers import base_async, ggevent
 from redis.cluster import NodesManager, RedisCluster
 
-from app.login_session import FLASK_LOGIN_ID_KEY, session_login
+from app.login_session import FLASK_LOGIN_ID_KEY, draw_without_user, session_login
 from flask_tidings.fences import raw_socket, redis_socket
 
 # sha256 of gunicorn 27.0.1's GeventWorker.run, whose accept loop StreamWorker.run copies (it
@@ -108,3 +108,19 @@ def test_flask_login_keeps_the_login_under_its_session_key():
         login_user(Someone())
         assert session[FLASK_LOGIN_ID_KEY] == "login-token"
         assert session_login() == "login-token"
+
+
+def test_drawing_without_the_user_makes_current_user_anonymous():
+    from flask_login import current_user
+
+    app = Flask(__name__)
+    app.secret_key = "x"
+    manager = LoginManager(app)
+    loads = []
+    manager.user_loader(lambda user_id: loads.append(user_id))
+
+    with app.test_request_context():
+        session[FLASK_LOGIN_ID_KEY] = "someone"
+        draw_without_user()
+        assert not current_user.is_authenticated
+        assert loads == [], "the user loader (a database query) was not called"

@@ -18,7 +18,7 @@ def notify(user, name, data):
 
 
 def stored_events(user_id, since_id=0):
-    return tidings.store.since_id(user_id, since_id)
+    return tidings.current_store.since_id(user_id, since_id)
 
 
 def test_answers_match_sqlalchemy_core(app, auth):
