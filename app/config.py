@@ -51,6 +51,7 @@ RATE_LIMITS = {
     "LOGIN_RATE_PER_ADDRESS": "30 per minute",  # login attempts from one client address
     "REGISTER_RATE": "10 per hour",  # registrations from one client address
     "SEND_RATE": "30 per minute",  # private messages one user sends
+    "TYPING_RATE": "40 per minute",  # "is typing" signals one user sends
     "EXPORT_RATE": "10 per hour",  # exports one user starts
     "STREAM_RATE": "120 per minute",  # /stream connections one user opens
 }

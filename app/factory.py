@@ -85,6 +85,11 @@ def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
 def _template_helpers(app: Flask) -> None:
     from flask_login import current_user
 
+    from app.text import linkify, preview
+
+    app.add_template_filter(linkify, "linkify")
+    app.add_template_filter(preview, "preview")
+
     @app.context_processor
     def navbar_state() -> dict[str, Any]:
         """The badge count every logged-in page starts from."""

@@ -73,11 +73,16 @@ class User(UserMixin, db.Model):
         return off_the_loop(check_password_hash, self.password_hash, password)
 
     def unread_message_count(self) -> int:
-        """Messages received since the inbox was last read."""
-        query = sa.select(sa.func.count(Message.id)).where(Message.recipient_id == self.id)
-        if self.last_message_read_time is not None:
-            query = query.where(Message.timestamp > self.last_message_read_time)
+        """Messages received and not yet read (each read when its conversation is opened)."""
+        query = sa.select(sa.func.count(Message.id)).where(
+            Message.recipient_id == self.id, Message.read_at.is_(None)
+        )
         return db.session.scalar(query) or 0
+
+    def has_blocked(self, other: User) -> bool:
+        """Whether this user has blocked ``other`` (who may then not write to them)."""
+        query = sa.select(Block.id).where(Block.blocker_id == self.id, Block.blocked_id == other.id)
+        return db.session.scalar(query) is not None
 
 
 class Login(db.Model):
@@ -172,16 +177,26 @@ def user_id_of_login(token: object) -> int | None:
     return rows[0][0] if rows else None
 
 
+MESSAGE_MAX_CHARS = 2000
+
+
 class Message(db.Model):
-    """A private message from one user to another."""
+    """A private message from one user to another; ``read_at`` is set when its recipient opens
+    the conversation."""
 
     __tablename__ = "message"
+    # A conversation's thread, either direction, by id; a user's unread messages.
+    __table_args__ = (
+        sa.Index("ix_message_pair", "sender_id", "recipient_id", "id"),
+        sa.Index("ix_message_unread", "recipient_id", "read_at"),
+    )
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     sender_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey(User.id), index=True)
     recipient_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey(User.id), index=True)
-    body: so.Mapped[str] = so.mapped_column(sa.String(140))
+    body: so.Mapped[str] = so.mapped_column(sa.String(MESSAGE_MAX_CHARS))
     timestamp: so.Mapped[datetime] = so.mapped_column(UTCDateTime(), index=True, default=utcnow)
+    read_at: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime())
 
     sender: so.Mapped[User] = so.relationship(foreign_keys=[sender_id])
     recipient: so.Mapped[User] = so.relationship(foreign_keys=[recipient_id])
@@ -198,6 +213,18 @@ class Message(db.Model):
             "body": self.body,
             "timestamp": self.timestamp.isoformat(),
         }
+
+
+class Block(db.Model):
+    """``blocker`` refuses messages (and typing) from ``blocked``."""
+
+    __tablename__ = "block"
+    __table_args__ = (sa.UniqueConstraint("blocker_id", "blocked_id"),)
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    blocker_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey(User.id), index=True)
+    blocked_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey(User.id))
+    created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Notification(NotificationMixin, db.Model):
@@ -233,6 +260,8 @@ class Task(db.Model):
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime(), default=utcnow)
     finished_at: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime())
     error: so.Mapped[str | None] = so.mapped_column(sa.String(256))
+    # A finished or failed task its user no longer wants to see above their conversations.
+    dismissed: so.Mapped[bool] = so.mapped_column(default=False, server_default=sa.false())
 
     user: so.Mapped[User] = so.relationship()
 

@@ -24,7 +24,16 @@ from flask_tidings import Identity, Kind, Tidings
 
 KINDS = [
     Kind("unread_message_count", "the navbar badge and every count on the page (data: int)"),
-    Kind("new_message", "a toast linking to the inbox (data: sender, preview)"),
+    Kind("new_message", "a toast per sender, opening the conversation (data: message_id, sender, preview)"),
+    Kind(
+        "conversation",
+        "a row of the conversation list; new messages in an open conversation "
+        "(data: with, message_id, from, preview, at, unread)",
+        per="with",
+    ),
+    Kind("message_read", '"Seen" under the last message sent (data: by, message_id, at)', per="by"),
+    # Published, never stored (tidings.publish): gone with the moment.
+    Kind("typing", '"alice is typing…" in the open conversation (data: from)'),
     Kind("task_progress", "the task's progress bar; a download link at 100", per="task_id"),
     Kind("announcement", "a toast with the text (data: str)"),
     # No handler on the page: re-dispatched as tidings:build_finished for the site's own script.

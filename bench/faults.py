@@ -285,7 +285,7 @@ def send_loop(site: Site, run: Run, sender: WebUser, recipients: list[WebUser], 
         to = recipients[n % len(recipients)]
         try:
             path = f"/send_message/{to.username}"
-            page = sender.http.get(path)
+            page = sender.http.get(f"/messages/{to.username}")
             status = page.status_code
             if status == 200:
                 form = {"csrf_token": csrf_token(page.text), "message": f"to:{to.username}:{n}"}

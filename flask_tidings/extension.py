@@ -170,6 +170,16 @@ class Tidings:
         payload = encode(data)
         return store.add(user_id, kind, declared.key(data), payload, _publish_stored)
 
+    def lock(self, *users: Any) -> None:
+        """Lock these users' notifications until the current transaction ends, in id order.
+
+        ``notify()`` locks its user when it is called; a transaction that notifies several
+        users locks them all first with this, so two transactions naming the same users in
+        another order wait for each other instead of deadlocking.
+        """
+        for user_id in sorted({_user_id(u) for u in users}):
+            self.current_store.lock(user_id)
+
     def forget(self, user: Any, kind: str, data: Any = None) -> None:
         """Delete ``user``'s stored notification of ``kind`` (the one ``data`` would replace), in
         the current transaction: fresh tabs stop replaying it."""

@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from app.notifications import KINDS as _KINDS
+
+KINDS = {kind.name: kind for kind in _KINDS}  # what the store keeps each event by (Kind.key)
+
 CSRF_RE = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
 
 
@@ -63,7 +67,7 @@ class WebUser:
 
     def send(self, recipient: str, text: str) -> httpx.Response:
         """Send a private message through the form."""
-        return self.post_form(f"/send_message/{recipient}", {"message": text})
+        return self.post_form(f"/send_message/{recipient}", {"message": text}, form_page=f"/messages/{recipient}")
 
     def cookie_header(self) -> str:
         """The session cookies as a Cookie header."""
@@ -312,9 +316,9 @@ class Tab:
         if block.id:
             self.last_id = block.id
             conn.ids.append(int(block.id))
-            data = block.json.get("data")
-            task = data.get("task_id") if isinstance(data, dict) else None
-            conn.keys.append((f"{block.event}:{task}" if task else block.event, int(block.id)))
+            kind = KINDS.get(block.event)
+            key = kind.key(block.json.get("data")) if kind else block.event
+            conn.keys.append((key, int(block.id)))
         if block.event == "unread_message_count":
             self.count = block.json["data"]
             self.counts.append((time.monotonic(), self.count))

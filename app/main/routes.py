@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import sqlalchemy as sa
-from flask import current_app, render_template, request
+from flask import current_app, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
 from app.extensions import db
@@ -48,4 +48,11 @@ def users():
 def user(username: str):
     """A user's profile."""
     profile = db.first_or_404(sa.select(User).where(User.username == username))
-    return render_template("main/user.html", title=profile.username, user=profile)
+    i_blocked = profile.id != current_user.id and current_user.has_blocked(profile)
+    return render_template("main/user.html", title=profile.username, user=profile, i_blocked=i_blocked)
+
+
+@bp.route("/favicon.ico")
+def favicon():
+    """Browsers ask for it on their own: the site's icon."""
+    return redirect(url_for("static", filename="favicon.svg"), 301)

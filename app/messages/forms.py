@@ -1,19 +1,38 @@
 """Message forms."""
 
+from flask import current_app
 from flask_wtf import FlaskForm
 from wtforms import SubmitField, TextAreaField
 from wtforms.validators import DataRequired, Length
 
+from app.models import MESSAGE_MAX_CHARS
+
+
+def login_lifetime_seconds() -> int:
+    """How long a login can live (``LOGIN_ABSOLUTE_DAYS``): a conversation's CSRF token lasts
+    as long, so a reply typed into a page left open never meets "the form expired"."""
+    return current_app.config["LOGIN_ABSOLUTE_DAYS"] * 86400
+
+
+def _tidy(value):
+    """Trimmed, with the browser's CRLF line breaks counted as one character, as typed."""
+    return value.replace("\r\n", "\n").strip() if isinstance(value, str) else value
+
 
 class MessageForm(FlaskForm):
-    """Write a private message (1–140 characters once trimmed)."""
+    """Write a private message (1–2,000 characters once trimmed; line breaks kept)."""
+
+    class Meta:
+        @property
+        def csrf_time_limit(self) -> int:
+            return login_lifetime_seconds()
 
     message = TextAreaField(
         "Message",
-        filters=[lambda v: v.strip() if isinstance(v, str) else v],
+        filters=[_tidy],
         validators=[
             DataRequired(message="Write something first."),
-            Length(min=1, max=140, message="At most 140 characters."),
+            Length(min=1, max=MESSAGE_MAX_CHARS, message=f"At most {MESSAGE_MAX_CHARS:,} characters."),
         ],
     )
     submit = SubmitField("Send")

@@ -1,96 +1,250 @@
-"""``/send_message/<recipient>``, the inbox ``/messages`` and the message export."""
+"""Conversations (``/messages``, ``/messages/<username>``), sending, blocks and the export."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import abort, current_app, flash, redirect, render_template, request, send_file, url_for
+from flask import (
+    abort,
+    current_app,
+    flash,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    url_for,
+)
 from flask_login import current_user, login_required
+from flask_wtf.csrf import CSRFError, validate_csrf
+from wtforms import ValidationError
 
-from app.extensions import db
+from app.extensions import csrf, db
 from app.limits import form_error, limiter, per_user, setting
-from app.messages import bp
-from app.messages.forms import ExportForm, MessageForm
-from app.models import Message, Task, User, utcnow
+from app.messages import bp, threads
+from app.messages.forms import ExportForm, MessageForm, login_lifetime_seconds
+from app.models import Task, User
 from app.notifications import tidings
 from app.paging import paginate
 from app.responses import json_error, wants_json
 from app.tasks import TaskAlreadyRunning, TaskNotStarted, export_path, launch_task
 
-PREVIEW_CHARS = 60
+
+def _other(username: str) -> User:
+    """The user at the other end of a conversation: 404 if unknown; yourself is refused."""
+    user = db.first_or_404(sa.select(User).where(User.username == username))
+    if user.id == current_user.id:
+        abort(404, "There is no conversation with yourself.")
+    return user
 
 
-def preview(body: str) -> str:
-    """The first words of a message, for the toast."""
-    if len(body) <= PREVIEW_CHARS:
-        return body
-    return body[:PREVIEW_CHARS].rsplit(" ", 1)[0] + "…"
+def _before() -> int | None:
+    raw = request.args.get("before")
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        abort(404, "There is no such page.")
+    return int(raw)
 
 
-def _send_page(error: str) -> str:
-    user = db.first_or_404(sa.select(User).where(User.username == request.view_args["recipient"]))
+def _conversation_page(other: User, form: MessageForm, status: int = 200):
+    before = _before()
+    messages, has_older = threads.thread(
+        current_user, other, before, current_app.config["MESSAGES_PER_PAGE"]
+    )
+    page = render_template(
+        "messages/conversation.html",
+        title=other.username,
+        other=other,
+        messages=messages,
+        has_older=has_older,
+        older=messages[0].id if messages else None,
+        paged=before is not None,
+        form=form,
+        receipt=threads.seen(current_user, other),
+        i_blocked=current_user.has_blocked(other),
+    )
+    return page, status
+
+
+def _refused(message: str, status: int):
+    """A send that did not happen: the conversation with the typed text and why (JSON: the error)."""
+    if wants_json():
+        return json_error(status, message)
     form = MessageForm()
-    form.form_errors.append(error)
-    return render_template("messages/send_message.html", title="Send message", form=form, recipient=user)
+    form.form_errors.append(message)
+    other = _other(request.view_args.get("username") or request.view_args["recipient"])
+    return _conversation_page(other, form, status)
+
+
+def _rate_limited_page(message: str) -> str:
+    return _refused(message, 429)[0]
+
+
+_send_limit = limiter.limit(
+    setting("SEND_RATE"),
+    key_func=per_user,
+    methods=["POST"],
+    on_breach=form_error(_rate_limited_page, "messages"),
+)
+
+
+def _send(other: User):
+    """Send the form's message to ``other``: a redirect to the conversation (JSON: 201 and the
+    id); refused, the conversation again with the text kept and the reason."""
+    form = MessageForm()
+    if not form.validate_on_submit():
+        if "csrf_token" in form.errors:
+            message = "This page was open too long or its form was not sent from this site. Press Send again."
+            if wants_json():
+                return json_error(400, message)
+            fresh = MessageForm(formdata=None, message=form.message.data)
+            fresh.form_errors.append(message)
+            return _conversation_page(other, fresh, 400)
+        if wants_json():
+            return json_error(400, next(iter(form.errors.values()))[0])
+        return _conversation_page(other, form, 400)
+    try:
+        msg = threads.send(current_user, other, form.message.data)
+    except threads.SendRefused as refused:
+        db.session.rollback()
+        return _refused(str(refused), 403)
+    db.session.commit()  # publishes to both
+    if wants_json():
+        return jsonify(id=msg.id), 201
+    return redirect(url_for("messages.conversation", username=other.username, _anchor=f"m{msg.id}"))
+
+
+@bp.route("/messages/<username>", methods=["GET", "POST"])
+@login_required
+@csrf.exempt  # checked by MessageForm, with a token that lives as long as the login
+@_send_limit
+def conversation(username: str):
+    """The thread with ``username``, newest at the bottom (``?before=<id>`` pages back), and the
+    reply box. Opening it marks what they sent read; POST sends a message."""
+    other = _other(username)
+    if request.method == "POST":
+        return _send(other)
+    if threads.mark_read(current_user, other):
+        db.session.commit()
+    return _conversation_page(other, MessageForm())
 
 
 @bp.route("/send_message/<recipient>", methods=["GET", "POST"])
 @login_required
-@limiter.limit(
-    setting("SEND_RATE"), key_func=per_user, methods=["POST"], on_breach=form_error(_send_page, "messages")
-)
+@csrf.exempt
+@_send_limit
 def send_message(recipient: str):
-    """Write to ``recipient``; the message and their new unread count commit together."""
+    """The seed's send form: now the conversation with ``recipient``."""
     user = db.first_or_404(sa.select(User).where(User.username == recipient))
     if user.id == current_user.id:
         flash("You cannot send a message to yourself.", "warning")
         return redirect(url_for("main.user", username=recipient))
-    form = MessageForm()
-    if form.validate_on_submit():
-        msg = Message(sender_id=current_user.id, recipient_id=user.id, body=form.message.data)
-        db.session.add(msg)
-        db.session.flush()
+    if request.method == "POST":
+        return _send(user)
+    return redirect(url_for("messages.conversation", username=recipient))
 
-        def unread() -> int:
-            """Counted once the recipient is locked: concurrent sends count each other's messages,
-            and a concurrent "all read" (its read time, committed) is seen."""
-            db.session.refresh(user, ["last_message_read_time"])
-            return user.unread_message_count()
 
-        tidings.notify(user, "unread_message_count", unread)
-        tidings.notify(
-            user,
-            "new_message",
-            {"message_id": msg.id, "sender": current_user.username, "preview": preview(msg.body)},
-        )
-        db.session.commit()  # publishes both notifications
-        flash(f"Your message to {user.username} has been sent.", "success")
-        return redirect(url_for("main.user", username=recipient))
-    return render_template("messages/send_message.html", title="Send message", form=form, recipient=user)
+def _check_script_csrf() -> None:
+    """The page script's POSTs carry the page's token in ``X-CSRFToken``; it lasts as long as
+    the login, like the reply box's."""
+    if not current_app.config.get("WTF_CSRF_ENABLED", True):
+        return
+    try:
+        validate_csrf(request.headers.get("X-CSRFToken"), time_limit=login_lifetime_seconds())
+    except ValidationError as exc:
+        raise CSRFError(exc.args[0]) from exc
+
+
+@bp.route("/messages/<username>/newer")
+@login_required
+def newer(username: str):
+    """JSON for a live page: the thread's messages after ``?after=<id>``, rendered as the page
+    renders them, and the "Seen" state of the last one sent."""
+    other = _other(username)
+    raw = request.args.get("after", "")
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        return json_error(400, "after must be a message id")
+    messages = threads.newer_than(current_user, other, int(raw), current_app.config["MESSAGES_PER_PAGE"])
+    html = render_template("messages/_messages.html", messages=messages, other=other)
+    return {
+        "html": html,
+        "last_id": messages[-1].id if messages else int(raw),
+        "unread": sum(1 for m in messages if m.recipient_id == current_user.id and m.read_at is None),
+        "seen": threads.seen(current_user, other),
+    }
+
+
+@bp.route("/messages/<username>/read", methods=["POST"])
+@login_required
+@csrf.exempt
+def read(username: str):
+    """The open conversation was looked at: what ``username`` sent is read."""
+    _check_script_csrf()
+    other = _other(username)
+    if threads.mark_read(current_user, other):
+        db.session.commit()
+    return "", 204
+
+
+@bp.route("/messages/<username>/typing", methods=["POST"])
+@login_required
+@csrf.exempt
+@limiter.limit(setting("TYPING_RATE"), key_func=per_user, error_message="typing too often")
+def typing(username: str):
+    """Tell ``username``'s open conversation that the user is typing: ephemeral, never stored."""
+    _check_script_csrf()
+    other = _other(username)
+    if threads.may_write(current_user, other):
+        tidings.publish(other, "typing", {"from": current_user.username})
+    return "", 204
+
+
+def _back_to(default: str) -> str:
+    target = request.form.get("next", "")
+    return target if target.startswith("/") and not target.startswith("//") else default
+
+
+@bp.route("/user/<username>/block", methods=["POST"])
+@login_required
+def block(username: str):
+    """Block ``username``: their messages to you are refused (undone by unblocking)."""
+    other = _other(username)
+    threads.set_blocked(current_user, other, True)
+    db.session.commit()
+    flash(f"You have blocked {other.username}. They cannot send you messages.", "info")
+    return redirect(_back_to(url_for("main.user", username=other.username)))
+
+
+@bp.route("/user/<username>/unblock", methods=["POST"])
+@login_required
+def unblock(username: str):
+    """Undo a block."""
+    other = _other(username)
+    threads.set_blocked(current_user, other, False)
+    db.session.commit()
+    flash(f"You have unblocked {other.username}.", "info")
+    return redirect(_back_to(url_for("main.user", username=other.username)))
 
 
 @bp.route("/messages")
 @login_required
 def messages():
-    """Received messages, newest first; visiting marks them all read."""
-    page = paginate(
-        sa.select(Message)
-        .where(Message.recipient_id == current_user.id)
-        .order_by(Message.timestamp.desc(), Message.id.desc()),
-        current_app.config["MESSAGES_PER_PAGE"],
-    )
-    had_unread = current_user.unread_message_count() > 0
-    current_user.last_message_read_time = utcnow()
-    if had_unread:
-        tidings.notify(current_user, "unread_message_count", 0)  # clears the badge in every tab
-    db.session.commit()
+    """The user's conversations, the latest first, with their unread counts and exports."""
+    page = paginate(threads.partners_query(current_user.id), current_app.config["MESSAGES_PER_PAGE"])
+    rows = threads.conversations(current_user.id, page.items)
     tasks = db.session.scalars(
         sa.select(Task)
-        .where(Task.user_id == current_user.id, Task.name == "export_messages")
+        .where(Task.user_id == current_user.id, Task.name == "export_messages", Task.dismissed.is_(False))
         .order_by(Task.created_at.desc())
         .limit(3)
     ).all()
     return render_template(
-        "messages/messages.html", title="Messages", page=page, export_form=ExportForm(), tasks=tasks
+        "messages/messages.html",
+        title="Messages",
+        page=page,
+        conversations=rows,
+        export_form=ExportForm(),
+        tasks=tasks,
     )
 
 
@@ -103,7 +257,7 @@ def export_messages():
     if not form.validate_on_submit():
         abort(400, "The form expired. Please try again.")
     try:
-        task = launch_task(current_user, "export_messages", "Exporting your messages")
+        task = launch_task(current_user, "export_messages", "Export of your messages")
     except TaskAlreadyRunning:
         if wants_json():
             return json_error(409, "an export of your messages is already running")
@@ -119,12 +273,31 @@ def export_messages():
     return redirect(url_for("messages.messages"))
 
 
+def _own_task(task_id: str) -> Task:
+    task = db.session.get(Task, task_id[:36])
+    if task is None or task.user_id != current_user.id:
+        abort(404)
+    return task
+
+
+@bp.route("/exports/<task_id>/dismiss", methods=["POST"])
+@login_required
+def dismiss_export(task_id: str):
+    """Hide a finished or failed export's card (its file stays until it expires)."""
+    task = _own_task(task_id)
+    if task.active:
+        abort(409, "That export is still running.")
+    task.dismissed = True
+    db.session.commit()
+    return redirect(url_for("messages.messages"))
+
+
 @bp.route("/exports/<task_id>")
 @login_required
 def download_export(task_id: str):
     """The finished export file, for its owner only (anyone else: 404)."""
-    task = db.session.get(Task, task_id[:36])
-    if task is None or task.user_id != current_user.id or task.status != "finished":
+    task = _own_task(task_id)
+    if task.status != "finished":
         abort(404)
     path = export_path(current_app, current_user.id, task.id)
     if not path.is_file():

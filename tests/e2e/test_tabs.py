@@ -172,7 +172,7 @@ def test_a_progress_event_carrying_a_foreign_link_never_becomes_one(
         conn.execute(
             sa.text(
                 "INSERT INTO task (id, name, description, user_id, status, progress, created_at) "
-                "VALUES ('t-links', 'export_messages', 'Exporting your messages', :u, 'running', 10, :t)"
+                "VALUES ('t-links', 'export_messages', 'Export of your messages', :u, 'running', 10, :t)"
             ),
             {"u": uid, "t": "2026-01-01 00:00:00"},
         )

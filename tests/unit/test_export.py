@@ -61,7 +61,7 @@ def test_export_writes_every_message_and_reports_progress_to_100(client, auth, p
     assert progress == sorted(progress) and progress[-1] == 100
     final = events[-1]["data"]
     assert final["download_url"] == f"/exports/{final['task_id']}"
-    assert final["description"] == "Exporting your messages"
+    assert final["description"] == "Export of your messages"
     with app.app_context():
         task = db.session.get(Task, final["task_id"])
         assert task.status == "finished" and task.progress == 100 and task.finished_at is not None

@@ -59,12 +59,13 @@ def test_sending_a_message_publishes_the_count_after_commit(client, auth, users,
     while (msg := pubsub.get_message(timeout=0.5)) is not None:
         published.append(json.loads(msg["data"]))
     names = [p["name"] for p in published]
-    assert names == ["unread_message_count", "new_message"]
+    assert names == ["unread_message_count", "new_message", "conversation"]
     count = published[0]
     assert count["data"] == 1 and isinstance(count["id"], int) and isinstance(count["timestamp"], float)
     assert published[1]["data"]["sender"] == "alice" and published[1]["data"]["preview"] == "hello"
-    # Seed bug `add_notification` on the wrong model: it is the recipient's notification.
-    assert client.get("/notifications?since=0").get_json() == []
+    # Seed bug `add_notification` on the wrong model: the count is the recipient's; the sender
+    # is told only that her conversation moved.
+    assert [n["name"] for n in client.get("/notifications?since=0").get_json()] == ["conversation"]
 
 
 def test_nothing_is_published_when_the_transaction_rolls_back(app, users, fake_redis):
@@ -91,8 +92,8 @@ def test_send_succeeds_and_warns_when_redis_is_down(client, auth, users, app, ca
     auth.logout()
     auth.login("bob")
     events = client.get("/notifications?since=0").get_json()
-    assert [e["name"] for e in events] == ["unread_message_count", "new_message"]
-    assert b"during an outage" in client.get("/messages").data
+    assert [e["name"] for e in events] == ["unread_message_count", "new_message", "conversation"]
+    assert b"during an outage" in client.get("/messages/alice").data
 
 
 def test_notifications_since_returns_newer_ones_oldest_first(client, auth, users, app):

@@ -10,7 +10,7 @@ from tests.conftest import build_app, dispose
 
 # (path, whether it is seen logged in)
 PAGES = [("/", False), ("/auth/login", False), ("/auth/register", False)] + [
-    (path, True) for path in ("/", "/users", "/messages", "/user/alice", "/send_message/bob")
+    (path, True) for path in ("/", "/users", "/messages", "/user/alice", "/messages/bob")
 ]
 
 

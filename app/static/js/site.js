@@ -1,57 +1,100 @@
-// How Tidings' pages show notifications: the badge, toasts. The stream itself is Flask-Tidings'
-// browser client (window.Tidings, loaded before this script); task progress bars are tasks.js.
+// How Tidings' pages show notifications: the badge, the tab's title and icon, toasts. The stream
+// itself is Flask-Tidings' browser client (window.Tidings, loaded before this script); the
+// conversation pages and task progress bars have their own scripts.
 (function () {
   "use strict";
 
+  var baseTitle = document.title.replace(/^\(\d+\) /, "");
+  var favicon = document.getElementById("favicon");
+
   // Show n unread messages wherever the page shows the count: the navbar badge (hidden, not
-  // removed, at 0), its copy on the collapsed phone navbar, and counts in the page itself.
+  // removed, at 0), its copy on the collapsed phone navbar, counts in the page itself, the
+  // tab's title ("(3) Tidings") and its icon (a red dot while anything is unread).
   function set_message_count(n) {
+    n = Number(n) || 0;
     document.querySelectorAll("[data-unread-count]").forEach(function (el) {
       el.textContent = String(n);
       if (el.classList.contains("badge")) el.classList.toggle("invisible", !n);
     });
     document.querySelectorAll("[data-unread-plural]").forEach(function (el) {
-      el.textContent = Number(n) === 1 ? "" : "s";
+      el.textContent = n === 1 ? "" : "s";
     });
+    document.title = (n ? "(" + n + ") " : "") + baseTitle;
+    if (favicon) favicon.href = favicon.getAttribute(n ? "data-icon-unread" : "data-icon");
   }
   window.set_message_count = set_message_count;
 
-  // A small Bootstrap toast. Text goes in with textContent: message bodies are never HTML.
-  function showToast(title, body, href) {
+  // The conversation this tab shows, if it is on screen: its messages need no toast.
+  function lookingAt(username) {
+    var thread = document.getElementById("thread");
+    return !!thread && thread.getAttribute("data-with") === username &&
+      thread.getAttribute("data-live") === "1" && document.visibilityState === "visible";
+  }
+
+  // Toasts: one per sender ("alice: 3 new messages"), the newest on top, a few at most.
+  var MAX_TOASTS = 3;
+  var TOAST_MS = 8000;
+  var toasts = {}; // key -> {el, count, timer}
+
+  function element(tag, className, text) {
+    var el = document.createElement(tag);
+    if (className) el.className = className;
+    if (text !== undefined) el.textContent = text; // never HTML: message bodies are text
+    return el;
+  }
+
+  function showToast(key, title, body, href) {
     var box = document.getElementById("toasts");
     if (!box) return;
-    var toast = document.createElement("div");
-    toast.className = "toast show";
-    toast.setAttribute("role", "status");
-    var head = document.createElement("div");
-    head.className = "toast-header";
-    var strong = document.createElement("strong");
-    strong.className = "me-auto";
-    strong.textContent = title;
-    var close = document.createElement("button");
-    close.type = "button";
-    close.className = "btn-close";
-    close.setAttribute("aria-label", "Close");
-    close.addEventListener("click", function () { toast.remove(); });
-    head.appendChild(strong);
-    head.appendChild(close);
-    var content = document.createElement(href ? "a" : "div");
-    content.className = "toast-body d-block";
-    if (href) content.href = href;
+    var t = toasts[key];
+    if (!t) {
+      t = toasts[key] = { count: 0, el: element("div", "toast show") };
+      t.el.setAttribute("role", "status");
+      t.el.setAttribute("data-toast-key", key);
+      var head = element("div", "toast-header");
+      head.appendChild(element("strong", "me-auto toast-title"));
+      var close = element("button", "btn-close");
+      close.type = "button";
+      close.setAttribute("aria-label", "Close");
+      close.addEventListener("click", function () { dismiss(key); });
+      head.appendChild(close);
+      t.el.appendChild(head);
+      t.el.appendChild(element(href ? "a" : "div", "toast-body d-block"));
+    }
+    t.count += 1;
+    t.el.querySelector(".toast-title").textContent = typeof title === "function" ? title(t.count) : title;
+    var content = t.el.querySelector(".toast-body");
     content.textContent = body;
-    toast.appendChild(head);
-    toast.appendChild(content);
-    box.appendChild(toast);
-    setTimeout(function () { toast.remove(); }, 8000);
+    if (href) content.href = href;
+    box.insertBefore(t.el, box.firstChild);
+    while (box.children.length > MAX_TOASTS) dismiss(box.lastChild.getAttribute("data-toast-key"));
+    clearTimeout(t.timer);
+    t.timer = setTimeout(function () { dismiss(key); }, TOAST_MS);
   }
-  window.tidingsToast = showToast;
+
+  function dismiss(key) {
+    var t = toasts[key];
+    if (!t) return;
+    clearTimeout(t.timer);
+    t.el.remove();
+    delete toasts[key];
+  }
+  window.tidingsToast = function (title, body, href) { showToast("toast:" + Math.random(), title, body, href); };
+  window.tidingsDismissToasts = function (sender) { dismiss("from:" + sender); };
 
   window.Tidings
     .on("unread_message_count", function (n) { set_message_count(n.data); })
     .on("new_message", function (n, live) {
-      if (live && n.data) showToast("Message from " + n.data.sender, n.data.preview, "/messages");
+      var d = n.data;
+      if (!live || !d || typeof d.sender !== "string" || lookingAt(d.sender)) return;
+      showToast(
+        "from:" + d.sender,
+        function (count) { return count > 1 ? d.sender + ": " + count + " new messages" : "Message from " + d.sender; },
+        String(d.preview || ""),
+        "/messages/" + encodeURIComponent(d.sender)
+      );
     })
     .on("announcement", function (n, live) {
-      if (live) showToast("Announcement", typeof n.data === "string" ? n.data : JSON.stringify(n.data));
+      if (live) window.tidingsToast("Announcement", typeof n.data === "string" ? n.data : JSON.stringify(n.data));
     });
 })();

@@ -1,4 +1,5 @@
-// Live progress bars for background tasks, driven by "task_progress" notifications.
+// Export cards, live: "Preparing… N%", then "Ready · Download" or "Failed · Retry", driven by
+// "task_progress" notifications; a finished card can be dismissed.
 (function () {
   "use strict";
   // Only this site's own export downloads become links: a channel message could carry anything.
@@ -7,6 +8,22 @@
     try { u = new URL(String(url), window.location.href); } catch (e) { return null; }
     if (u.origin !== window.location.origin || !/^\/exports\/[A-Za-z0-9-]+$/.test(u.pathname)) return null;
     return u.pathname;
+  }
+
+  function el(tag, className, text) {
+    var e = document.createElement(tag);
+    e.className = className;
+    e.textContent = text;
+    return e;
+  }
+
+  function finish(card, status, words, action) {
+    status.textContent = "";
+    status.appendChild(words);
+    status.appendChild(document.createTextNode(" · "));
+    status.appendChild(action);
+    card.querySelector(".progress").classList.add("d-none");
+    card.querySelector(".task-dismiss").hidden = false;
   }
 
   // The page is rendered without inline styles (CSP style-src 'self'): size the bars here.
@@ -23,22 +40,16 @@
     bar.style.width = progress + "%";
     card.querySelector(".progress").setAttribute("aria-valuenow", String(progress));
     if (d.status === "failed") {
-      bar.classList.add("bg-danger");
-      status.textContent = "";
-      var failed = document.createElement("span");
-      failed.className = "text-danger";
-      failed.textContent = "Failed";
-      status.appendChild(failed);
+      var retry = el("button", "btn btn-link btn-sm p-0 align-baseline task-retry", "Retry");
+      retry.type = "submit";
+      retry.setAttribute("form", "export_form");
+      finish(card, status, el("span", "text-danger", "Failed"), retry);
     } else if (progress >= 100 && safeDownload(d.download_url)) {
-      bar.classList.add("bg-success");
-      status.textContent = "";
-      var link = document.createElement("a");
-      link.className = "task-download";
+      var link = el("a", "task-download", "Download");
       link.href = safeDownload(d.download_url);
-      link.textContent = "Download";
-      status.appendChild(link);
+      finish(card, status, el("span", "text-success", "Ready"), link);
     } else {
-      status.textContent = progress + "%";
+      status.textContent = "Preparing… " + progress + "%";
     }
   });
 })();

@@ -1,0 +1,182 @@
+// One conversation, live: new messages appear (and are read while the tab is in sight), "Seen"
+// under the last message sent, "bob is typing…", and the reply box (Enter sends, Shift+Enter
+// starts a new line; the text stays until the server has taken it).
+(function () {
+  "use strict";
+  var thread = document.getElementById("thread");
+  var form = document.getElementById("reply_form");
+  if (!thread || !form) return;
+  var other = thread.getAttribute("data-with");
+  var live = thread.getAttribute("data-live") === "1";
+  var csrf = thread.getAttribute("data-csrf");
+  var lastId = Number(thread.getAttribute("data-last-id")) || 0;
+  var box = form.querySelector("textarea");
+  var counter = document.getElementById("char_count");
+  var typingLine = document.getElementById("typing");
+  var seenLine = document.getElementById("seen");
+  var MAX = Number(box.getAttribute("data-max")) || 2000;
+  var TYPING_EVERY_MS = 2000; // while typing, one signal per 2 s at most
+  var TYPING_SHOWN_MS = 4000; // the other side shows it this long after the last signal
+
+  function post(url) {
+    return fetch(url, {
+      method: "POST",
+      headers: { "X-CSRFToken": csrf, Accept: "application/json" },
+      credentials: "same-origin",
+    });
+  }
+
+  function scrollToEnd() {
+    form.scrollIntoView({ block: "end" });
+  }
+
+  // -- what arrives --------------------------------------------------------------------------
+
+  var unreadHere = false;
+  function readIfLooking() {
+    if (!unreadHere || document.visibilityState !== "visible") return;
+    unreadHere = false;
+    post(thread.getAttribute("data-read-url")).catch(function () { unreadHere = true; });
+  }
+  document.addEventListener("visibilitychange", readIfLooking);
+
+  function lastMessage() {
+    var all = thread.querySelectorAll(".message");
+    return all.length ? all[all.length - 1] : null;
+  }
+
+  function showSeen(receipt) {
+    var last = lastMessage();
+    var show = !!(receipt && last && last.getAttribute("data-mine") === "1" &&
+      Number(receipt.message_id) >= Number(last.getAttribute("data-message-id")));
+    seenLine.hidden = !show;
+    if (show) {
+      var time = seenLine.querySelector("time");
+      time.setAttribute("datetime", receipt.at);
+      time.textContent = String(receipt.at).slice(0, 16).replace("T", " ") + " UTC";
+    }
+  }
+
+  var fetching = false;
+  var again = false;
+  function fetchNewer() {
+    if (fetching) { again = true; return; }
+    fetching = true;
+    fetch(thread.getAttribute("data-newer-url") + "?after=" + lastId, {
+      headers: { Accept: "application/json" },
+      credentials: "same-origin",
+    })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (page) {
+        if (!page || page.last_id <= lastId) return;
+        var empty = document.getElementById("empty_thread");
+        if (empty) empty.remove();
+        thread.insertAdjacentHTML("beforeend", page.html); // rendered (and escaped) by the server
+        lastId = page.last_id;
+        if (page.unread) {
+          unreadHere = true;
+          hideTyping();
+          readIfLooking();
+        }
+        showSeen(page.seen);
+        scrollToEnd();
+      })
+      .catch(function () {})
+      .then(function () {
+        fetching = false;
+        if (again) { again = false; fetchNewer(); }
+      });
+  }
+
+  var typingTimer = null;
+  function hideTyping() {
+    clearTimeout(typingTimer);
+    typingLine.textContent = "";
+  }
+
+  if (live) {
+    window.Tidings
+      .on("conversation", function (n) {
+        var d = n.data || {};
+        if (d.with === other && Number(d.message_id) > lastId) fetchNewer();
+      })
+      .on("message_read", function (n) {
+        var d = n.data || {};
+        if (d.by === other) showSeen(d);
+      })
+      .on("typing", function (n) {
+        var d = n.data || {};
+        if (d.from !== other) return;
+        typingLine.textContent = other + " is typing…";
+        clearTimeout(typingTimer);
+        typingTimer = setTimeout(hideTyping, TYPING_SHOWN_MS);
+      });
+  }
+
+  // -- the reply box ---------------------------------------------------------------------------
+
+  function count() {
+    var n = box.value.trim().length;
+    counter.textContent = n > MAX - 200 ? n.toLocaleString() + " / " + MAX.toLocaleString() : "";
+    counter.classList.toggle("over", n > MAX);
+  }
+
+  var typingSent = 0;
+  box.addEventListener("input", function () {
+    count();
+    var now = Date.now();
+    if (live && box.value.trim() && now - typingSent > TYPING_EVERY_MS) {
+      typingSent = now;
+      post(thread.getAttribute("data-typing-url")).catch(function () {});
+    }
+  });
+
+  box.addEventListener("keydown", function (e) {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      form.requestSubmit();
+    }
+  });
+
+  function showError(text) {
+    var alert = document.getElementById("reply_error");
+    if (!alert) {
+      alert = document.createElement("div");
+      alert.className = "alert alert-danger";
+      alert.setAttribute("role", "alert");
+      alert.id = "reply_error";
+      box.parentNode.insertBefore(alert, box);
+    }
+    alert.textContent = text;
+  }
+
+  var sending = false;
+  form.addEventListener("submit", function (e) {
+    e.preventDefault();
+    if (sending) return;
+    sending = true;
+    fetch(form.action, {
+      method: "POST",
+      body: new FormData(form),
+      headers: { Accept: "application/json" },
+      credentials: "same-origin",
+    })
+      .then(function (r) {
+        return r.json().then(function (body) { return { ok: r.ok, body: body }; });
+      })
+      .then(function (res) {
+        if (!res.ok) { showError(res.body.error || "Your message was not sent."); return; }
+        var alert = document.getElementById("reply_error");
+        if (alert) alert.remove();
+        box.value = "";
+        typingSent = 0;
+        count();
+        fetchNewer();
+      })
+      .catch(function () { showError("Your message was not sent: the site could not be reached. It is still here; press Send again."); })
+      .then(function () { sending = false; box.focus(); });
+  });
+
+  count();
+  if (live) scrollToEnd();
+})();

@@ -1,0 +1,66 @@
+// The list of conversations, live: a conversation with news moves to the top with its last
+// message and unread count ("conversation" notifications, sent to both people of a message).
+(function () {
+  "use strict";
+  var list = document.getElementById("conversations");
+  if (!list) return;
+  var me = list.getAttribute("data-me");
+  var firstPage = list.getAttribute("data-first-page") === "1";
+
+  function el(tag, className, text) {
+    var e = document.createElement(tag);
+    e.className = className;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+
+  // A row like the server's (messages.html), for a conversation this page did not list.
+  function newRow(username) {
+    var row = el("a", "list-group-item list-group-item-action conversation-row d-flex justify-content-between gap-3");
+    row.href = "/messages/" + encodeURIComponent(username);
+    row.setAttribute("data-with", username);
+    var left = el("span", "min-w-0 overflow-hidden");
+    left.appendChild(el("span", "d-block fw-semibold conversation-with", username));
+    left.appendChild(el("span", "d-block small text-body-secondary preview"));
+    var right = el("span", "text-end text-nowrap");
+    var small = el("small", "d-block text-body-secondary");
+    small.appendChild(document.createElement("time"));
+    right.appendChild(small);
+    var badge = el("span", "badge text-bg-primary rounded-pill unread d-none");
+    badge.appendChild(el("span", "n", "0"));
+    badge.appendChild(el("span", "visually-hidden", " unread"));
+    right.appendChild(badge);
+    row.appendChild(left);
+    row.appendChild(right);
+    return row;
+  }
+
+  function byName(username) {
+    var rows = list.querySelectorAll(".conversation-row");
+    for (var i = 0; i < rows.length; i++) if (rows[i].getAttribute("data-with") === username) return rows[i];
+    return null;
+  }
+
+  window.Tidings.on("conversation", function (n) {
+    var d = n.data || {};
+    if (typeof d.with !== "string") return;
+    var row = byName(d.with);
+    if (row && Number(row.getAttribute("data-last-id")) > Number(d.message_id)) return; // older news
+    if (!row) {
+      if (!firstPage) return;
+      row = newRow(d.with);
+      var empty = document.getElementById("no_conversations");
+      if (empty) empty.remove();
+    }
+    row.setAttribute("data-last-id", String(d.message_id));
+    row.querySelector(".preview").textContent = (d.from === me ? "You: " : "") + String(d.preview || "");
+    var time = row.querySelector("time");
+    time.setAttribute("datetime", d.at);
+    time.textContent = String(d.at || "").slice(0, 16).replace("T", " ") + " UTC";
+    var unread = Number(d.unread) || 0;
+    var badge = row.querySelector(".unread");
+    badge.querySelector(".n").textContent = String(unread);
+    badge.classList.toggle("d-none", !unread);
+    if (firstPage) list.insertBefore(row, list.firstChild);
+  });
+})();
