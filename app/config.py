@@ -171,6 +171,9 @@ def load_config(instance_path: str) -> dict:
         # (app/models.py Login); the remember-me cookie lives as long as the second.
         "LOGIN_IDLE_HOURS": _int_env("LOGIN_IDLE_HOURS", 72),
         "LOGIN_ABSOLUTE_DAYS": _int_env("LOGIN_ABSOLUTE_DAYS", 30),
+        # How long a form's CSRF token lasts (Flask-WTF's default). The reply box and the
+        # conversation page's script are exempt: theirs last as long as the login.
+        "WTF_CSRF_TIME_LIMIT": _int_env("CSRF_TIME_LIMIT_SECONDS", 3600),
         # Proxies in front whose X-Forwarded-* headers are trusted (1 behind nginx; 0: none), and
         # the addresses they connect from (app/security.py): headers from anyone else are ignored.
         "TRUSTED_PROXIES": _int_env("TRUSTED_PROXIES", 0, minimum=0),

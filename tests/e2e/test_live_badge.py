@@ -14,11 +14,16 @@ HTML_BODY = '<img src=x onerror="window.pwned=1"><b>bold</b>'
 
 
 def send_through_the_form(page, recipient: str, text: str) -> None:
+    """From the recipient's profile, through the conversation's reply box; returns once the
+    message is in the thread (the box empties when the server has taken it)."""
     page.goto(f"/user/{recipient}")
     page.click("#send_message_link")
+    page.wait_for_url(f"**/messages/{recipient}")
+    sent = page.locator(".message.mine").count()
     page.fill("#message", text)
     page.click("#submit")
-    page.wait_for_url(f"**/user/{recipient}")
+    expect(page.locator("#message")).to_have_value("")
+    expect(page.locator(".message.mine")).to_have_count(sent + 1)
 
 
 def test_badge_goes_live_from_0_to_1_and_html_stays_text(make_user, login_page):
@@ -41,12 +46,12 @@ def test_badge_goes_live_from_0_to_1_and_html_stays_text(make_user, login_page):
     assert toast.locator("b, img").count() == 0
     assert b_page.evaluate("window.pwned") is None
 
-    b_page.goto("/messages")
+    b_page.goto(f"/messages/{alice.username}")
     expect(b_page.locator(".message-body").first).to_have_text(HTML_BODY)
     assert b_page.locator(".message-body b").count() == 0
 
 
-def test_reading_the_inbox_in_one_tab_clears_the_badge_in_the_others(make_user, login_page):
+def test_reading_a_conversation_in_one_tab_clears_the_badge_in_the_others(make_user, login_page):
     alice, bob = make_user("alice"), make_user("bob")
     a_page, first_tab = login_page(alice), login_page(bob)
     send_through_the_form(a_page, bob.username, "one")
@@ -55,7 +60,7 @@ def test_reading_the_inbox_in_one_tab_clears_the_badge_in_the_others(make_user, 
     expect(badge).to_have_text("2")
 
     second_tab = first_tab.context.new_page()
-    second_tab.goto("/messages")
+    second_tab.goto(f"/messages/{alice.username}")
     expect(second_tab.locator(".message-body")).to_have_count(2)
     expect(badge).to_be_hidden()
     expect(badge).to_have_text("0")

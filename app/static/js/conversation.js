@@ -40,21 +40,17 @@
   }
   document.addEventListener("visibilitychange", readIfLooking);
 
-  function lastMessage() {
-    var all = thread.querySelectorAll(".message");
-    return all.length ? all[all.length - 1] : null;
-  }
-
+  // "Seen" under my last message, once the receipt covers it (its id or a later one).
   function showSeen(receipt) {
-    var last = lastMessage();
-    var show = !!(receipt && last && last.getAttribute("data-mine") === "1" &&
-      Number(receipt.message_id) >= Number(last.getAttribute("data-message-id")));
+    var mine = thread.querySelectorAll(".message.mine");
+    var last = mine.length ? mine[mine.length - 1] : null;
+    var show = !!(receipt && last && Number(receipt.message_id) >= Number(last.getAttribute("data-message-id")));
     seenLine.hidden = !show;
-    if (show) {
-      var time = seenLine.querySelector("time");
-      time.setAttribute("datetime", receipt.at);
-      time.textContent = String(receipt.at).slice(0, 16).replace("T", " ") + " UTC";
-    }
+    if (!show) return;
+    last.insertAdjacentElement("afterend", seenLine);
+    var time = seenLine.querySelector("time");
+    time.setAttribute("datetime", receipt.at);
+    time.textContent = String(receipt.at).slice(0, 16).replace("T", " ") + " UTC";
   }
 
   var fetching = false;
@@ -178,5 +174,9 @@
   });
 
   count();
+  if (!seenLine.hidden) {
+    var mine = thread.querySelectorAll(".message.mine");
+    if (mine.length) mine[mine.length - 1].insertAdjacentElement("afterend", seenLine);
+  }
   if (live) scrollToEnd();
 })();
