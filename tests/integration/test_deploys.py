@@ -208,7 +208,7 @@ def test_without_carrying_every_hup_cuts_each_stream_once_and_none_lands_on_a_st
             assert all(status == 503 for status, _ in tab.refusals), f"HUP {repeat}: {tab.refusals}"
             tab.close()
         # The recipient reads the message, so the next deploy starts from zero again.
-        assert users[repeat].http.get("/messages").status_code == 200
+        assert users[repeat].http.get(f"/messages/{sender.username}").status_code == 200
         wait_until(lambda ts=recipient_tabs: all(t.count == 0 for t in ts), 10, "the badge went back to 0")
     assert NO_CONFIRMATION not in server.log()
 

@@ -48,7 +48,7 @@ def test_streams_work_behind_middleware_that_wraps_the_response(sqlite_env, tmp_
         assert alice.send(bob.username, "through the middleware").status_code == 302
         assert s.next_event("unread_message_count").json["data"] == 1
         # The connection is the stream's alone: the page requests around it are unaffected.
-        assert bob.http.get("/messages").status_code == 200
+        assert bob.http.get(f"/messages/{alice.username}").status_code == 200
         assert s.next_event("unread_message_count").json["data"] == 0
         s.close()
         for user in (alice, bob):

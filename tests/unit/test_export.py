@@ -120,11 +120,30 @@ def test_a_failing_export_marks_the_task_failed_and_says_so(client, auth, people
         task = db.session.get(Task, final["task_id"])
         assert task.status == "failed" and task.finished_at is not None
     page = client.get("/messages").get_data(as_text=True)
-    assert "Failed" in page and "bg-danger" in page
-    # Once it has failed, a new export may start.
+    assert '<span class="text-danger">Failed</span> · <button type="submit" form="export_form"' in page
+    # Once it has failed, a new export may start (the card's Retry is that form's button).
     assert client.post("/export_messages").status_code == 302
     with app.app_context():
         assert db.session.scalar(sa.select(sa.func.count(Task.id))) == 2
+
+
+def test_one_card_per_export_saying_what_it_is_and_finished_ones_dismissible(client, auth, people, app):
+    running_task(app, people["bob"], "t-running", progress=40)
+    auth.login("bob")
+    page = client.get("/messages").get_data(as_text=True)
+    assert page.count('class="card mb-3 task"') == 1 and "Preparing… 40%" in page
+    assert client.post("/exports/t-running/dismiss").status_code == 409, "a running export stays"
+    with app.app_context():
+        db.session.get(Task, "t-running").status = "finished"
+        db.session.commit()
+    export_path(app, people["bob"], "t-running").parent.mkdir(parents=True, exist_ok=True)
+    page = client.get("/messages").get_data(as_text=True)
+    assert '<span class="text-success">Ready</span> · <a class="task-download"' in page
+    assert client.post("/exports/t-running/dismiss").status_code == 302
+    assert 'class="card mb-3 task"' not in client.get("/messages").get_data(as_text=True)
+    auth.logout()
+    auth.login("alice")
+    assert client.post("/exports/t-running/dismiss").status_code == 404, "only its owner's"
 
 
 def test_a_dead_work_horse_fails_the_task_and_its_half_written_file_goes(app, people):

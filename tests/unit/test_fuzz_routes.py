@@ -63,6 +63,8 @@ def test_query_values_never_break_a_page(bob_logged_in, value):
             if path == "/stream" and r.status_code == 503:
                 continue  # in-process there is no gevent worker: the only 5xx /stream may give
             assert_answered(r)
+    for path, name in (("/messages/alice", "before"), ("/messages/alice/newer", "after")):
+        assert_answered(client.get(path, query_string={name: value}))
     r = client.get("/stream", headers={"Last-Event-ID": value.replace("\r", "").replace("\n", "")})
     assert r.status_code in (400, 503)
 
@@ -72,7 +74,7 @@ def test_query_values_never_break_a_page(bob_logged_in, value):
 def test_path_values_never_break_a_page(bob_logged_in, value):
     client = bob_logged_in
     segment = quote(value, safe="")
-    for template in ("/user/{}", "/send_message/{}", "/exports/{}", "/{}"):
+    for template in ("/user/{}", "/send_message/{}", "/messages/{}", "/messages/{}/newer", "/exports/{}", "/{}"):
         assert_answered(client.get(template.format(segment)))
 
 
@@ -101,7 +103,8 @@ def test_logging_in_with_anything_is_refused_cleanly(client, auth, username, pas
 @given(message=hostile, recipient=st.sampled_from(["bob", "alice", "nobody"]))
 def test_sending_anything_is_a_message_or_a_form_error(bob_logged_in, app, message, recipient):
     before = counts(app)
-    r = bob_logged_in.post(f"/send_message/{recipient}", data={"message": message})
+    route = "/send_message/{}" if len(message) % 2 else "/messages/{}"  # the old form, the reply box
+    r = bob_logged_in.post(route.format(recipient), data={"message": message})
     assert_answered(r)
     after = counts(app)
     if r.status_code == 302 and recipient == "bob":
