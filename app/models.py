@@ -51,6 +51,8 @@ class User(UserMixin, db.Model):
     password_hash: so.Mapped[str] = so.mapped_column(sa.String(256))
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime(), default=utcnow)
     last_seen: so.Mapped[datetime] = so.mapped_column(UTCDateTime(), default=utcnow)
+    # The seed's one read time for the whole inbox: unused since each message has its own
+    # ``read_at`` (migration 0004 took it over). Dropping it would rebuild this table on SQLite.
     last_message_read_time: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime())
 
     # The login (see ``Login``) this user object was loaded through; Flask-Login's id for it.

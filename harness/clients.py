@@ -67,7 +67,9 @@ class WebUser:
 
     def send(self, recipient: str, text: str) -> httpx.Response:
         """Send a private message through the form."""
-        return self.post_form(f"/send_message/{recipient}", {"message": text}, form_page=f"/messages/{recipient}")
+        return self.post_form(
+            f"/send_message/{recipient}", {"message": text}, form_page=f"/messages/{recipient}"
+        )
 
     def cookie_header(self) -> str:
         """The session cookies as a Cookie header."""

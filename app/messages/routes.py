@@ -48,9 +48,7 @@ def _before() -> int | None:
 
 def _conversation_page(other: User, form: MessageForm, status: int = 200):
     before = _before()
-    messages, has_older = threads.thread(
-        current_user, other, before, current_app.config["MESSAGES_PER_PAGE"]
-    )
+    messages, has_older = threads.thread(current_user, other, before, current_app.config["MESSAGES_PER_PAGE"])
     page = render_template(
         "messages/conversation.html",
         title=other.username,
@@ -204,25 +202,18 @@ def _back_to(default: str) -> str:
     return target if target.startswith("/") and not target.startswith("//") else default
 
 
-@bp.route("/user/<username>/block", methods=["POST"])
+@bp.route("/user/<username>/block", methods=["POST"], endpoint="block", defaults={"on": True})
+@bp.route("/user/<username>/unblock", methods=["POST"], endpoint="unblock", defaults={"on": False})
 @login_required
-def block(username: str):
-    """Block ``username``: their messages to you are refused (undone by unblocking)."""
+def set_block(username: str, on: bool):
+    """Block ``username`` (their messages to you are refused), or undo it."""
     other = _other(username)
-    threads.set_blocked(current_user, other, True)
+    threads.set_blocked(current_user, other, on)
     db.session.commit()
-    flash(f"You have blocked {other.username}. They cannot send you messages.", "info")
-    return redirect(_back_to(url_for("main.user", username=other.username)))
-
-
-@bp.route("/user/<username>/unblock", methods=["POST"])
-@login_required
-def unblock(username: str):
-    """Undo a block."""
-    other = _other(username)
-    threads.set_blocked(current_user, other, False)
-    db.session.commit()
-    flash(f"You have unblocked {other.username}.", "info")
+    if on:
+        flash(f"You have blocked {other.username}. They cannot send you messages.", "info")
+    else:
+        flash(f"You have unblocked {other.username}.", "info")
     return redirect(_back_to(url_for("main.user", username=other.username)))
 
 

@@ -74,9 +74,7 @@ def partners_query(me: int) -> sa.Select:
     """The users ``me`` has exchanged messages with, the latest conversation first (to page)."""
     latest = _latest_per_partner(me)
     return (
-        sa.select(User)
-        .join(latest, latest.c.other_id == User.id)
-        .order_by(latest.c.last_id.desc(), User.id)
+        sa.select(User).join(latest, latest.c.other_id == User.id).order_by(latest.c.last_id.desc(), User.id)
     )
 
 

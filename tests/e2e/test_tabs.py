@@ -191,7 +191,8 @@ def test_a_progress_event_carrying_a_foreign_link_never_becomes_one(
     progress(100, "https://elsewhere.example/exports/t-links")
     r.publish(f"notifications:{uid}", json.dumps({"name": "announcement", "data": "after the links"}))
     expect(page.locator("#toasts")).to_contain_text("after the links", timeout=3000)  # both handled
-    expect(status).to_have_text("100%")
+    expect(status).to_have_text("Preparing… 100%")
     assert link.count() == 0, "neither became a link"
     progress(100, "/exports/t-links")
     expect(link).to_have_attribute("href", "/exports/t-links", timeout=3000)
+    expect(status).to_have_text("Ready · Download")

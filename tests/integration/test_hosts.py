@@ -87,6 +87,7 @@ def test_tabs_on_different_hosts_get_every_event_and_logout_on_one_host_ends_the
     for tab in tabs:
         assert tab.next_event("unread_message_count").json["data"] == 1
         assert tab.next_event("new_message").json["data"]["preview"] == "to both hosts"
+        assert tab.next_event("conversation").json["data"]["with"] == alice.username
     assert bob.logout().status_code == 302
     for tab in tabs:
         tab.sock.settimeout(10)

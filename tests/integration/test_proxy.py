@@ -179,7 +179,8 @@ def _count_a_stream_and_a_delivery(web: LiveServer) -> None:
     assert value("tidings_channels_subscribed") == 1
     assert alice.send(bob.username, "counted").status_code == 302
     assert s.next_event("unread_message_count").json["data"] == 1
-    assert value("tidings_deliveries_total") == 2  # the count and the toast
+    assert s.next_event("conversation").json["data"]["with"] == alice.username
+    assert value("tidings_deliveries_total") == 3  # the count, the toast and the conversation's row
     assert "tidings_commit_to_publish_seconds_bucket" in web.get("/metrics").text
     s.close()
     wait_until(lambda: value("tidings_streams_open") == 0, 5, "the closed stream to be uncounted")

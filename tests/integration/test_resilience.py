@@ -64,6 +64,7 @@ def test_sigterm_ends_streams_promptly_and_clients_resume_with_nothing_lost(make
     s = connected_stream(bob)
     last_id = s.next_event("unread_message_count").id
     s.next_event("new_message")
+    s.next_event("conversation")
     s.sock.settimeout(4)
 
     ended_after = None

@@ -78,7 +78,7 @@ def test_streams_do_not_count_toward_max_requests_and_are_drained_when_it_fires(
         last = None
         for s in streams:
             assert s.next_event("unread_message_count").json["data"] == 1
-            last = s.next_event("new_message")
+            last = s.next_event("conversation")
         assert live.workers() == [worker]
 
         assert alice.http.get("/").status_code == 200  # request 4

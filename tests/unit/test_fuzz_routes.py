@@ -74,7 +74,14 @@ def test_query_values_never_break_a_page(bob_logged_in, value):
 def test_path_values_never_break_a_page(bob_logged_in, value):
     client = bob_logged_in
     segment = quote(value, safe="")
-    for template in ("/user/{}", "/send_message/{}", "/messages/{}", "/messages/{}/newer", "/exports/{}", "/{}"):
+    for template in (
+        "/user/{}",
+        "/send_message/{}",
+        "/messages/{}",
+        "/messages/{}/newer",
+        "/exports/{}",
+        "/{}",
+    ):
         assert_answered(client.get(template.format(segment)))
 
 

@@ -11,8 +11,8 @@ import sqlalchemy as sa
 
 from app.extensions import db
 from app.models import Block, Message, Notification, User
-from tests.conftest import AuthActions
 from harness.clients import csrf_token
+from tests.conftest import AuthActions
 
 BADGE_RE = re.compile(r'<span id="message_count" data-unread-count class="(badge[^"]*)">(\d+)</span>')
 
@@ -136,8 +136,12 @@ def test_unknown_users_and_yourself_have_no_conversation(client, auth, people, a
 
 def test_message_text_is_escaped_and_only_web_addresses_become_links(client, auth, people):
     auth.login("alice")
-    send(client, "bob", "<script>alert(1)</script> see https://example.com/a?b=1&c=2). "
-         "javascript:alert(2) //evil.example mailto:x@example.com")
+    send(
+        client,
+        "bob",
+        "<script>alert(1)</script> see https://example.com/a?b=1&c=2). "
+        "javascript:alert(2) //evil.example mailto:x@example.com",
+    )
     page = client.get("/messages/bob").get_data(as_text=True)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert(1)" not in page
     assert (
@@ -150,13 +154,18 @@ def test_message_text_is_escaped_and_only_web_addresses_become_links(client, aut
 # -- the list, the thread, read state ----------------------------------------------------------
 
 
-def test_the_list_has_one_row_per_person_newest_first_with_unread_counts(client, auth, people):
+@pytest.fixture
+def bob_has_mail(client, auth, people):
+    """alice sends bob two messages, then carol one; bob is logged in."""
     auth.login("alice")
-    send(client, "bob", "one")
-    send(client, "bob", "two")
+    send(client, "bob", "message one")
+    send(client, "bob", "message two")
     as_user(auth, "carol")
     send(client, "bob", "from carol")
     as_user(auth, "bob")
+
+
+def test_the_list_has_one_row_per_person_newest_first_with_unread_counts(client, auth, bob_has_mail):
     send(client, "alice", "bob writes first to alice? no: a reply")
     as_user(auth, "alice")
     page = client.get("/messages").get_data(as_text=True)
@@ -172,18 +181,12 @@ def test_the_list_has_one_row_per_person_newest_first_with_unread_counts(client,
     assert badge(client) == ("visible", 3), "listing conversations reads nothing"
 
 
-def test_opening_a_conversation_reads_only_that_conversation(client, auth, people, app):
-    auth.login("alice")
-    send(client, "bob", "message one")
-    send(client, "bob", "message two")
-    as_user(auth, "carol")
-    send(client, "bob", "from carol")
-    as_user(auth, "bob")
+def test_opening_a_conversation_reads_only_that_conversation(client, people, app, bob_has_mail):
     # Seed bug: the badge wrapped in {% if %}; and `self.last_read_time` in new_messages().
     assert badge(client) == ("visible", 3)
     page = client.get("/messages/alice").get_data(as_text=True)
     assert page.index("message one") < page.index("message two"), "newest at the bottom"
-    assert 'autofocus' in page, "the reply box is focused"
+    assert "autofocus" in page, "the reply box is focused"
     assert badge(client) == ("visible", 1)
     assert stored(app, "unread_message_count", people["bob"]) == [1]
     client.get("/messages/carol")

@@ -10,8 +10,22 @@ from app.text import linkify, preview
 
 TAG = re.compile(r"<a href=\"([^\"]*)\" rel=\"noopener nofollow ugc\" target=\"_blank\">|</a>")
 PIECES = st.sampled_from(
-    ["https://example.com/a?b=1&c=2", "http://x.test/<b>", "javascript:alert(1)", "//evil.test", " ", "\n",
-     "<script>", "\"'", "&amp;", "mailto:a@b.test", ").", "www.example.com", "https://", "é"]
+    [
+        "https://example.com/a?b=1&c=2",
+        "http://x.test/<b>",
+        "javascript:alert(1)",
+        "//evil.test",
+        " ",
+        "\n",
+        "<script>",
+        "\"'",
+        "&amp;",
+        "mailto:a@b.test",
+        ").",
+        "www.example.com",
+        "https://",
+        "é",
+    ]
 )
 
 

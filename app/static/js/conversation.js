@@ -158,7 +158,8 @@
       credentials: "same-origin",
     })
       .then(function (r) {
-        return r.json().then(function (body) { return { ok: r.ok, body: body }; });
+        // A proxy's error page is not JSON: the answer is then just "not sent".
+        return r.json().catch(function () { return {}; }).then(function (body) { return { ok: r.ok, body: body }; });
       })
       .then(function (res) {
         if (!res.ok) { showError(res.body.error || "Your message was not sent."); return; }
