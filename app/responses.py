@@ -1,6 +1,8 @@
-"""JSON or HTML: how the site answers a script client, shared by the blueprints and the limits."""
+"""JSON or HTML for script clients, and where a redirect may go: shared by the blueprints and the limits."""
 
 from __future__ import annotations
+
+from urllib.parse import urlsplit
 
 from flask import Response, current_app, jsonify, request
 
@@ -28,3 +30,15 @@ def wants_json() -> bool:
 def json_error(status: int, message: str) -> tuple[Response, int]:
     """A ``{"error": message}`` response."""
     return jsonify(error=message), status
+
+
+def safe_next(target: str | None) -> str | None:
+    """``target`` if it is a path on this site, else None (no open redirects)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return None
+    if not target.isprintable():  # CR/LF would split the Location header
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return None
+    return target

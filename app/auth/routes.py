@@ -6,7 +6,6 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 import redis
 import sqlalchemy as sa
@@ -23,21 +22,10 @@ from app.auth.throttle import Attempt, forget_devices, per_address, trusted_logi
 from app.extensions import db
 from app.limits import form_error, limiter, setting
 from app.models import User, check_password, hash_password
+from app.responses import safe_next
 from app.tasks import task_queue
 
 log = logging.getLogger(__name__)
-
-
-def safe_next(target: str | None) -> str | None:
-    """``target`` if it is a path on this site, else None (no open redirects)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return None
-    if not target.isprintable():  # CR/LF would split the Location header
-        return None
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc:
-        return None
-    return target
 
 
 def _form_page(form_class: type, template: str, title: str) -> Callable[[str | None], str]:

@@ -16,6 +16,7 @@ from flask import (
 )
 from flask_login import current_user, login_required
 from flask_wtf.csrf import CSRFError, validate_csrf
+from sqlalchemy.exc import IntegrityError
 from wtforms import ValidationError
 
 from app.extensions import csrf, db
@@ -25,7 +26,7 @@ from app.messages.forms import ExportForm, MessageForm, login_lifetime_seconds
 from app.models import Task, User
 from app.notifications import tidings
 from app.paging import paginate
-from app.responses import json_error, wants_json
+from app.responses import json_error, safe_next, wants_json
 from app.tasks import TaskAlreadyRunning, TaskNotStarted, export_path, launch_task
 
 
@@ -37,18 +38,32 @@ def _other(username: str) -> User:
     return user
 
 
+MAX_ID = 2**31 - 1  # ids are PostgreSQL integers: a bigger number is no message
+
+
+def _message_id(raw: str) -> int | None:
+    """``raw`` as a message id, or None if it cannot be one."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 10 or int(raw) > MAX_ID:
+        return None
+    return int(raw)
+
+
 def _before() -> int | None:
     raw = request.args.get("before")
     if raw is None:
         return None
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+    before = _message_id(raw)
+    if before is None:
         abort(404, "There is no such page.")
-    return int(raw)
+    return before
 
 
 def _conversation_page(other: User, form: MessageForm, status: int = 200):
     before = _before()
     messages, has_older = threads.thread(current_user, other, before, current_app.config["MESSAGES_PER_PAGE"])
+    receipt = threads.seen(current_user, other)
+    if receipt is not None and receipt["message_id"] not in {m.id for m in messages}:
+        receipt = None  # "Seen" goes under my last message: not on this page
     page = render_template(
         "messages/conversation.html",
         title=other.username,
@@ -58,7 +73,7 @@ def _conversation_page(other: User, form: MessageForm, status: int = 200):
         older=messages[0].id if messages else None,
         paged=before is not None,
         form=form,
-        receipt=threads.seen(current_user, other),
+        receipt=receipt,
         i_blocked=current_user.has_blocked(other),
     )
     return page, status
@@ -122,9 +137,15 @@ def conversation(username: str):
     other = _other(username)
     if request.method == "POST":
         return _send(other)
-    if threads.mark_read(current_user, other):
+    if _before() is None and not _prefetch() and threads.mark_read(current_user, other):
         db.session.commit()
     return _conversation_page(other, MessageForm())
+
+
+def _prefetch() -> bool:
+    """Whether the browser is only fetching ahead (nobody has looked yet)."""
+    purpose = request.headers.get("Sec-Purpose") or request.headers.get("Purpose") or ""
+    return "prefetch" in purpose or "prerender" in purpose
 
 
 @bp.route("/send_message/<recipient>", methods=["GET", "POST"])
@@ -159,14 +180,16 @@ def newer(username: str):
     """JSON for a live page: the thread's messages after ``?after=<id>``, rendered as the page
     renders them, and the "Seen" state of the last one sent."""
     other = _other(username)
-    raw = request.args.get("after", "")
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+    after = _message_id(request.args.get("after", ""))
+    if after is None:
         return json_error(400, "after must be a message id")
-    messages = threads.newer_than(current_user, other, int(raw), current_app.config["MESSAGES_PER_PAGE"])
+    limit = current_app.config["MESSAGES_PER_PAGE"]
+    messages = threads.newer_than(current_user, other, after, limit)
     html = render_template("messages/_messages.html", messages=messages, other=other)
     return {
         "html": html,
-        "last_id": messages[-1].id if messages else int(raw),
+        "last_id": messages[-1].id if messages else after,
+        "more": len(messages) == limit,
         "unread": sum(1 for m in messages if m.recipient_id == current_user.id and m.read_at is None),
         "seen": threads.seen(current_user, other),
     }
@@ -197,11 +220,6 @@ def typing(username: str):
     return "", 204
 
 
-def _back_to(default: str) -> str:
-    target = request.form.get("next", "")
-    return target if target.startswith("/") and not target.startswith("//") else default
-
-
 @bp.route("/user/<username>/block", methods=["POST"], endpoint="block", defaults={"on": True})
 @bp.route("/user/<username>/unblock", methods=["POST"], endpoint="unblock", defaults={"on": False})
 @login_required
@@ -209,12 +227,15 @@ def set_block(username: str, on: bool):
     """Block ``username`` (their messages to you are refused), or undo it."""
     other = _other(username)
     threads.set_blocked(current_user, other, on)
-    db.session.commit()
+    try:
+        db.session.commit()
+    except IntegrityError:  # the same block, from a double click, committed first
+        db.session.rollback()
     if on:
         flash(f"You have blocked {other.username}. They cannot send you messages.", "info")
     else:
         flash(f"You have unblocked {other.username}.", "info")
-    return redirect(_back_to(url_for("main.user", username=other.username)))
+    return redirect(safe_next(request.form.get("next")) or url_for("main.user", username=other.username))
 
 
 @bp.route("/messages")

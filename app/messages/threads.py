@@ -136,7 +136,10 @@ def newer_than(me: User, other: User, after: int, limit: int) -> list[Message]:
 
 
 def seen(me: User, other: User) -> dict[str, Any] | None:
-    """When ``other`` read ``me``'s last message to them, if they have: the ``message_read`` data."""
+    """When ``other`` read ``me``'s last message to them, if they have: the ``message_read`` data.
+    None while either has blocked the other: a blocked person learns nothing of the blocker."""
+    if not may_write(me, other):
+        return None
     last = db.session.scalars(
         sa.select(Message)
         .where(Message.sender_id == me.id, Message.recipient_id == other.id)
@@ -153,7 +156,10 @@ def seen(me: User, other: User) -> dict[str, Any] | None:
 
 def send(sender: User, recipient: User, body: str) -> Message:
     """Store ``body`` from ``sender`` to ``recipient`` and tell both, in the caller's
-    transaction (the caller commits). SendRefused when either has blocked the other."""
+    transaction (the caller commits). SendRefused when either has blocked the other.
+
+    On SQLite the locks are no-ops and the block is read before the write begins: a message
+    racing the block that refuses it by milliseconds may still go through."""
     tidings.lock(sender, recipient)
     if recipient.has_blocked(sender):
         raise SendRefused(f"{recipient.username} is not accepting messages from you.")

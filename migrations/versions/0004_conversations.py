@@ -50,6 +50,7 @@ def downgrade():
     with op.batch_alter_table('block', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_block_blocker_id'))
     op.drop_table('block')
+    op.execute("UPDATE message SET body = substr(body, 1, 140) WHERE length(body) > 140")
     with op.batch_alter_table('message', schema=None) as batch_op:
         batch_op.drop_index('ix_message_unread')
         batch_op.drop_index('ix_message_pair')

@@ -436,3 +436,42 @@ def test_user_model_counts_only_unread(app, people):
         db.session.add(Message(sender_id=alice.id, recipient_id=bob.id, body="x"))
         db.session.commit()
         assert bob.unread_message_count() == 1 and alice.unread_message_count() == 0
+
+
+def test_ids_past_what_the_database_holds_are_no_message(client, auth, people):
+    auth.login("alice")
+    assert client.get("/messages/bob?before=3000000000").status_code == 404
+    r = client.get("/messages/bob/newer?after=3000000000", headers={"Accept": "application/json"})
+    assert r.status_code == 400 and "error" in r.get_json()
+    assert client.get("/messages/bob?before=2147483647").status_code == 200
+
+
+def test_a_prefetch_or_an_older_page_reads_nothing(client, auth, people, app):
+    app.config["MESSAGES_PER_PAGE"] = 1
+    auth.login("alice")
+    send(client, "bob", "one")
+    send(client, "bob", "two")
+    as_user(auth, "bob")
+    assert client.get("/messages/alice", headers={"Sec-Purpose": "prefetch"}).status_code == 200
+    assert client.get("/messages/alice?before=2").status_code == 200
+    assert badge(client) == ("visible", 2)
+
+
+def test_a_blocked_person_gets_no_seen(client, auth, people, fake_redis):
+    auth.login("alice")
+    send(client, "bob", "hello")
+    alice_hears = listen(fake_redis, people["alice"])
+    as_user(auth, "bob")
+    client.post("/user/alice/block")
+    client.get("/messages/alice")  # bob reads alice's message
+    assert heard(alice_hears) == []
+    as_user(auth, "alice")
+    assert client.get("/messages/bob/newer?after=0").get_json()["seen"] is None
+    assert 'id="seen" hidden' in client.get("/messages/bob").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("target", ["//evil.test", "/\t/evil.test", "https://evil.test/", "\\\\evil.test"])
+def test_block_goes_back_only_to_this_site(client, auth, people, target):
+    auth.login("bob")
+    r = client.post("/user/alice/block", data={"next": target})
+    assert r.headers["Location"] == "/user/alice"

@@ -36,6 +36,7 @@
   function readIfLooking() {
     if (!unreadHere || document.visibilityState !== "visible") return;
     unreadHere = false;
+    if (window.tidingsDismissToasts) window.tidingsDismissToasts(other);
     post(thread.getAttribute("data-read-url")).catch(function () { unreadHere = true; });
   }
   document.addEventListener("visibilitychange", readIfLooking);
@@ -76,6 +77,7 @@
         }
         showSeen(page.seen);
         scrollToEnd();
+        if (page.more) again = true; // more than a page arrived (after a reconnect): go on
       })
       .catch(function () {})
       .then(function () {
@@ -112,7 +114,7 @@
   // -- the reply box ---------------------------------------------------------------------------
 
   function count() {
-    var n = box.value.trim().length;
+    var n = Array.from(box.value.trim()).length; // characters, as the server counts them
     counter.textContent = n > MAX - 200 ? n.toLocaleString() + " / " + MAX.toLocaleString() : "";
     counter.classList.toggle("over", n > MAX);
   }
@@ -162,7 +164,15 @@
         return r.json().catch(function () { return {}; }).then(function (body) { return { ok: r.ok, body: body }; });
       })
       .then(function (res) {
-        if (!res.ok) { showError(res.body.error || "Your message was not sent."); return; }
+        // Only an id means stored: a login that ended answers with the login page (a 200).
+        if (!res.ok || typeof res.body.id !== "number") {
+          showError(res.body.error || "Your message was not sent. Reload the page (you may need to log in again); copy your text first.");
+          return;
+        }
+        if (!live) { // an older page: the new message is on the newest one
+          window.location.href = form.action + "#m" + res.body.id;
+          return;
+        }
         var alert = document.getElementById("reply_error");
         if (alert) alert.remove();
         box.value = "";

@@ -46,6 +46,8 @@
     if (typeof d.with !== "string") return;
     var row = byName(d.with);
     if (row && Number(row.getAttribute("data-last-id")) > Number(d.message_id)) return; // older news
+    // A new message moves its conversation to the top; a read only changes its count.
+    var moved = !row || Number(row.getAttribute("data-last-id")) < Number(d.message_id);
     if (!row) {
       if (!firstPage) return;
       row = newRow(d.with);
@@ -61,6 +63,6 @@
     var badge = row.querySelector(".unread");
     badge.querySelector(".n").textContent = String(unread);
     badge.classList.toggle("d-none", !unread);
-    if (firstPage) list.insertBefore(row, list.firstChild);
+    if (firstPage && moved) list.insertBefore(row, list.firstChild);
   });
 })();
