@@ -6,7 +6,7 @@ PORT ?= 8000
 
 BENCH_VENV ?= .venv-bench
 
-.PHONY: run run-proxy nginx tools test test-fast lint bench bench-quick bench-proxy faults faults-quick clean
+.PHONY: run run-proxy nginx tools test test-fast lint translations bench bench-quick bench-proxy faults faults-quick clean
 
 $(VENV)/.run-deps: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -50,6 +50,14 @@ test-fast: $(VENV)/.dev-deps
 # site uses only its public API, and the site's modules import each other without cycles.
 lint: $(VENV)/.dev-deps
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/lint-imports
+
+# After changing a text: extract every translatable string, merge it into each language's .po
+# (edit those: tests/unit/test_i18n.py fails on any left untranslated), compile the .mo files.
+translations: $(VENV)/.run-deps
+	$(VENV)/bin/pybabel extract -F babel.cfg -k _l -k lazy_gettext -k ngettext_raw:1,2 --no-location \
+	  -o app/translations/messages.pot .
+	$(VENV)/bin/pybabel update -i app/translations/messages.pot -d app/translations --no-fuzzy-matching
+	$(VENV)/bin/pybabel compile -d app/translations
 
 # The benchmark has its own environment: the app plus the Flask-SSE peer and matplotlib.
 $(BENCH_VENV)/.deps: requirements.txt bench/requirements.txt

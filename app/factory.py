@@ -6,9 +6,11 @@ import logging
 from typing import Any
 
 from flask import Flask
+from flask_babel import lazy_gettext
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Engine
 
+from app import i18n
 from app.config import load_config
 from app.extensions import bootstrap, csrf, db, login, migrate
 from app.limits import limiter
@@ -33,6 +35,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     limiter.init_app(app)
     bootstrap.init_app(app)
     mail.init_app(app)
+    i18n.init_app(app)
+    login.login_message = lazy_gettext("Please log in to access this page.")
+    login.localize_callback = str  # the lazy text, in the request's language
 
     from app.models import Notification, User
     from app.notifications import tidings

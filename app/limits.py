@@ -57,8 +57,11 @@ def retry_after(limit: RequestLimit) -> int:
     return max(1, min(math.ceil(limit.reset_at - time.time()), limit.limit.get_expiry()))
 
 
-def form_error(render: Callable[[str], str], what: str) -> Callable[[RequestLimit], Response | None]:
+def form_error(
+    render: Callable[[str], str], too_many: Callable[[int], str]
+) -> Callable[[RequestLimit], Response | None]:
     """An ``on_breach`` answer for a page: ``render(message)`` (the form, with the error on it), 429.
+    ``too_many(seconds)`` says it, in the request's language (an ``ngettext``).
 
     Script clients (``Accept: application/json``) get the errors blueprint's JSON instead.
     """
@@ -69,7 +72,7 @@ def form_error(render: Callable[[str], str], what: str) -> Callable[[RequestLimi
         if wants_json():
             return None
         seconds = retry_after(limit)
-        message = f"Too many {what}. Please try again in {seconds} seconds."
+        message = too_many(seconds)
         response = make_response(render(message), 429)
         response.headers["Retry-After"] = str(seconds)
         return response

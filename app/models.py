@@ -54,6 +54,8 @@ class User(UserMixin, db.Model):
     # The seed's one read time for the whole inbox: unused since each message has its own
     # ``read_at`` (migration 0004 took it over). Dropping it would rebuild this table on SQLite.
     last_message_read_time: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime())
+    # The language the user chose (app/i18n.py LANGUAGES), on every device; None: the browser's.
+    language: so.Mapped[str | None] = so.mapped_column(sa.String(16))
 
     # The login (see ``Login``) this user object was loaded through; Flask-Login's id for it.
     login_token = None  # not a column (no annotation): set per loaded instance

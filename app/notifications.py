@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+from flask_babel import gettext
 from flask_login import current_user
 
 from app.limits import limiter, per_user, setting
@@ -52,7 +53,7 @@ tidings = Tidings(
         limiter.limit(
             setting("STREAM_RATE"),
             key_func=_per_stream_user,
-            error_message="too many stream connections; slow down",
+            error_message=lambda: gettext("too many stream connections; slow down"),
         )
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import abort, request
+from flask_babel import gettext
 from flask_sqlalchemy.pagination import Pagination
 from sqlalchemy import Select
 
@@ -16,5 +17,5 @@ def paginate(query: Select, per_page: int) -> Pagination:
     raw = request.args.get("page", "1")
     # isdigit() alone admits "²" and "①", which int() refuses.
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 9 or not 1 <= int(raw) <= MAX_PAGE:
-        abort(404, "There is no such page.")
+        abort(404, gettext("There is no such page."))
     return db.paginate(query, page=int(raw), per_page=per_page, error_out=True)

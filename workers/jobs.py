@@ -83,8 +83,13 @@ class ProgressReporter:
         db.session.commit()
 
 
-def export_messages(user_id: int, task_id: str) -> str:
-    """Write every message the user sent or received to a JSON file, reporting progress."""
+def export_messages(user_id: int, task_id: str, language: str | None = None) -> str:
+    """Write every message the user sent or received to a JSON file, reporting progress. Its
+    title is in the user's saved language, else ``language`` (the page's that started it)."""
+    from flask_babel import gettext as _
+
+    from app.i18n import in_language
+
     app = get_app()
     with app.app_context():
         task = db.session.get(Task, task_id)
@@ -102,7 +107,17 @@ def export_messages(user_id: int, task_id: str) -> str:
         partial = path.with_suffix(".part")
         try:
             with partial.open("w", encoding="utf-8") as out:
-                head = json.dumps({"user": user.username, "exported_at": utcnow().isoformat()})
+                now = utcnow()
+                with in_language(user.language or language):
+                    title = _(
+                        "Messages of %(name)s on Tidings, exported %(time)s UTC",
+                        name=user.username,
+                        time=now.strftime("%Y-%m-%d %H:%M"),
+                    )
+                head = json.dumps(
+                    {"title": title, "user": user.username, "exported_at": now.isoformat()},
+                    ensure_ascii=False,
+                )
                 out.write(head[:-1] + ', "messages": [\n')
                 done = 0
                 for row in _in_batches(mine):
@@ -194,10 +209,13 @@ def remove_expired_tasks(app: Flask) -> int:
         return len(expired)
 
 
-def send_password_reset(email: str, base_url: str) -> None:
+def send_password_reset(email: str, base_url: str, language: str | None = None) -> None:
     """Mail a password-reset link to the account that uses ``email``, if one does (the page that
-    asked says the same either way)."""
+    asked says the same either way): in the account's saved language, else the asking page's."""
+    from flask_babel import gettext as _
+
     from app.auth.routes import reset_lifetime, reset_token
+    from app.i18n import in_language
     from app.mail import send
 
     with get_app().app_context():
@@ -206,12 +224,16 @@ def send_password_reset(email: str, base_url: str) -> None:
             log.info("a password reset was asked for an address no account uses")
             return
         link = f"{base_url}/auth/reset_password/{reset_token(user)}"
-        send(
-            user.email,
-            "Reset your Tidings password",
-            f"Hi {user.username},\n\n"
-            f"Someone (we hope you) asked to reset your Tidings password. To choose a new one, open\n\n"
-            f"  {link}\n\n"
-            f"The link works once, for {reset_lifetime()}. Choosing a new password logs you out of\n"
-            f"every other browser. If you did not ask, ignore this mail: your password stays as it is.\n",
-        )
+        with in_language(user.language or language):
+            subject = _("Reset your Tidings password")
+            body = _(
+                "Hi %(name)s,\n\n"
+                "Someone (we hope you) asked to reset your Tidings password. To choose a new one, open\n\n"
+                "  %(link)s\n\n"
+                "The link works once, for %(lifetime)s. Choosing a new password logs you out of\n"
+                "every other browser. If you did not ask, ignore this mail: your password stays as it is.\n",
+                name=user.username,
+                link=link,
+                lifetime=reset_lifetime(),
+            )
+        send(user.email, subject, body)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
+from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, PasswordField, StringField, SubmitField
 from wtforms.validators import DataRequired, Email, EqualTo, Length, Regexp, ValidationError
@@ -12,7 +13,10 @@ from app.extensions import db
 from app.models import User
 
 USERNAME_RULE = r"^[A-Za-z0-9_.-]{3,64}$"
-PASSWORD_LENGTH = Length(min=8, max=256, message="At least 8 characters.")
+PASSWORD_LENGTH = Length(min=8, max=256, message=_l("At least 8 characters."))
+REQUIRED = DataRequired(message=_l("This field is required."))
+EMAIL = Email(check_deliverability=False, message=_l("That is not an email address."))
+SAME_PASSWORD = EqualTo("password", message=_l("Passwords must match."))
 
 
 def not_common(form: FlaskForm, field: PasswordField) -> None:
@@ -24,7 +28,7 @@ def not_common(form: FlaskForm, field: PasswordField) -> None:
     for match in zxcvbn(password)["sequence"]:
         whole = match["i"] == 0 and match["j"] == len(password) - 1
         if whole and match.get("pattern") == "dictionary" and match.get("dictionary_name") == "passwords":
-            raise ValidationError("This is one of the most common passwords. Please choose another.")
+            raise ValidationError(_l("This is one of the most common passwords. Please choose another."))
 
 
 def _strip(value: str | None) -> str | None:
@@ -35,23 +39,21 @@ class RegistrationForm(FlaskForm):
     """Create an account."""
 
     username = StringField(
-        "Username",
+        _l("Username"),
         filters=[_strip],
         validators=[
-            DataRequired(),
-            Regexp(USERNAME_RULE, message="3 to 64 letters, digits, '_', '.' or '-'."),
+            REQUIRED,
+            Regexp(USERNAME_RULE, message=_l("3 to 64 letters, digits, '_', '.' or '-'.")),
         ],
     )
     email = StringField(
-        "Email",
+        _l("Email"),
         filters=[_strip, lambda v: v.lower() if isinstance(v, str) else v],
-        validators=[DataRequired(), Length(max=254), Email(check_deliverability=False)],
+        validators=[REQUIRED, Length(max=254, message=_l("At most 254 characters.")), EMAIL],
     )
-    password = PasswordField("Password", validators=[DataRequired(), PASSWORD_LENGTH, not_common])
-    password2 = PasswordField(
-        "Repeat password", validators=[DataRequired(), EqualTo("password", message="Passwords must match.")]
-    )
-    submit = SubmitField("Register")
+    password = PasswordField(_l("Password"), validators=[REQUIRED, PASSWORD_LENGTH, not_common])
+    password2 = PasswordField(_l("Repeat password"), validators=[REQUIRED, SAME_PASSWORD])
+    submit = SubmitField(_l("Register"))
 
     def validate_username(self, field: StringField) -> None:
         """Usernames are unique, whatever their case."""
@@ -59,45 +61,49 @@ class RegistrationForm(FlaskForm):
             sa.select(User.id).where(sa.func.lower(User.username) == field.data.lower())
         )
         if taken is not None:
-            raise ValidationError("That username is taken.")
+            raise ValidationError(_l("That username is taken."))
 
     def validate_email(self, field: StringField) -> None:
         """One account per email address."""
         if db.session.scalar(sa.select(User.id).where(User.email == field.data)) is not None:
-            raise ValidationError("That email address is already registered.")
+            raise ValidationError(_l("That email address is already registered."))
 
 
 class LoginForm(FlaskForm):
     """Log in."""
 
-    username = StringField("Username", filters=[_strip], validators=[DataRequired(), Length(max=64)])
-    password = PasswordField("Password", validators=[DataRequired(), Length(max=256)])
-    remember_me = BooleanField("Remember me")
-    submit = SubmitField("Log in")
+    username = StringField(
+        _l("Username"),
+        filters=[_strip],
+        validators=[REQUIRED, Length(max=64, message=_l("At most 64 characters."))],
+    )
+    password = PasswordField(
+        _l("Password"), validators=[REQUIRED, Length(max=256, message=_l("At most 256 characters."))]
+    )
+    remember_me = BooleanField(_l("Remember me"))
+    submit = SubmitField(_l("Log in"))
 
 
 class LogoutForm(FlaskForm):
     """Log out (a POST with a CSRF token: no other site can log you out)."""
 
-    submit = SubmitField("Log out")
+    submit = SubmitField(_l("Log out"))
 
 
 class ResetRequestForm(FlaskForm):
     """Ask for a password-reset link by mail."""
 
     email = StringField(
-        "Email",
+        _l("Email"),
         filters=[_strip, lambda v: v.lower() if isinstance(v, str) else v],
-        validators=[DataRequired(), Length(max=254), Email(check_deliverability=False)],
+        validators=[REQUIRED, Length(max=254, message=_l("At most 254 characters.")), EMAIL],
     )
-    submit = SubmitField("Send me a link")
+    submit = SubmitField(_l("Send me a link"))
 
 
 class ResetPasswordForm(FlaskForm):
     """Choose a new password (from a reset link)."""
 
-    password = PasswordField("New password", validators=[DataRequired(), PASSWORD_LENGTH, not_common])
-    password2 = PasswordField(
-        "Repeat password", validators=[DataRequired(), EqualTo("password", message="Passwords must match.")]
-    )
-    submit = SubmitField("Set my password")
+    password = PasswordField(_l("New password"), validators=[REQUIRED, PASSWORD_LENGTH, not_common])
+    password2 = PasswordField(_l("Repeat password"), validators=[REQUIRED, SAME_PASSWORD])
+    submit = SubmitField(_l("Set my password"))

@@ -10,6 +10,9 @@ from collections.abc import Callable
 import redis
 import sqlalchemy as sa
 from flask import Response, abort, current_app, flash, redirect, render_template, request, session, url_for
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+from flask_babel import ngettext
 from flask_login import current_user, login_required, login_user, logout_user
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from rq import Retry
@@ -20,6 +23,7 @@ from app.auth.forms import LoginForm, LogoutForm, RegistrationForm, ResetPasswor
 from app.auth.sessions import end_every_login, end_login, start_login
 from app.auth.throttle import Attempt, forget_devices, per_address, trusted_login
 from app.extensions import db
+from app.i18n import current_language
 from app.limits import form_error, limiter, setting
 from app.models import User, check_password, hash_password
 from app.responses import safe_next
@@ -40,9 +44,9 @@ def _form_page(form_class: type, template: str, title: str) -> Callable[[str | N
     return render
 
 
-_register_page = _form_page(RegistrationForm, "auth/register.html", "Register")
-_login_page = _form_page(LoginForm, "auth/login.html", "Log in")
-_reset_request_page = _form_page(ResetRequestForm, "auth/reset_request.html", "Reset your password")
+_register_page = _form_page(RegistrationForm, "auth/register.html", _l("Register"))
+_login_page = _form_page(LoginForm, "auth/login.html", _l("Log in"))
+_reset_request_page = _form_page(ResetRequestForm, "auth/reset_request.html", _l("Reset your password"))
 
 
 @bp.route("/register", methods=["GET", "POST"])
@@ -50,7 +54,14 @@ _reset_request_page = _form_page(ResetRequestForm, "auth/reset_request.html", "R
     setting("REGISTER_RATE"),
     key_func=per_address,
     methods=["POST"],
-    on_breach=form_error(_register_page, "registrations"),
+    on_breach=form_error(
+        _register_page,
+        lambda n: ngettext(
+            "Too many registrations. Please try again in %(num)d second.",
+            "Too many registrations. Please try again in %(num)d seconds.",
+            n,
+        ),
+    ),
 )
 def register():
     """Create an account and log it in."""
@@ -66,11 +77,11 @@ def register():
         except IntegrityError:
             # Someone took the name or address between validation and commit.
             db.session.rollback()
-            form.username.errors.append("That username or email address was just taken.")
+            form.username.errors.append(_("That username or email address was just taken."))
         else:
-            flash("Welcome to Tidings!", "success")
+            flash(_("Welcome to Tidings!"), "success")
             return _logged_in(user, Attempt(user.username), url_for("main.index"), remember=False)
-    return render_template("auth/register.html", title="Register", form=form)
+    return render_template("auth/register.html", title=_("Register"), form=form)
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -79,7 +90,14 @@ def register():
     key_func=per_address,
     methods=["POST"],
     exempt_when=trusted_login,
-    on_breach=form_error(_login_page, "login attempts"),
+    on_breach=form_error(
+        _login_page,
+        lambda n: ngettext(
+            "Too many login attempts. Please try again in %(num)d second.",
+            "Too many login attempts. Please try again in %(num)d seconds.",
+            n,
+        ),
+    ),
 )
 def login():
     """Log in; ``?next=`` is honoured for local paths only. Throttled by ``app.auth.throttle``."""
@@ -91,16 +109,20 @@ def login():
         attempt = Attempt(form.username.data)
         wait = attempt.begin()
         if wait:
-            message = f"Too many failed logins for this account. Please try again in {wait} seconds."
+            message = ngettext(
+                "Too many failed logins for this account. Please try again in %(num)d second.",
+                "Too many failed logins for this account. Please try again in %(num)d seconds.",
+                wait,
+            )
             return _login_page(message), 429, {"Retry-After": str(wait)}
         user = db.session.scalar(sa.select(User).where(User.username == form.username.data))
         if not check_password(user, form.password.data):
             attempt.failed()
-            flash("Invalid username or password.", "danger")
-            return render_template("auth/login.html", title="Log in", form=form), 200
+            flash(_("Invalid username or password."), "danger")
+            return render_template("auth/login.html", title=_("Log in"), form=form), 200
         attempt.succeeded()
         return _logged_in(user, attempt, next_page or url_for("main.index"), form.remember_me.data)
-    return render_template("auth/login.html", title="Log in", form=form)
+    return render_template("auth/login.html", title=_("Log in"), form=form)
 
 
 def _logged_in(user: User, attempt: Attempt, target: str, remember: bool) -> Response:
@@ -120,10 +142,10 @@ def logout():
     """GET: a confirmation form. POST (CSRF): revoke this login, its cookies and its streams."""
     form = LogoutForm()
     if not form.validate_on_submit():
-        return render_template("auth/logout.html", title="Log out", form=form)
+        return render_template("auth/logout.html", title=_("Log out"), form=form)
     end_login(current_user)
     logout_user()
-    flash("You have been logged out.", "info")
+    flash(_("You have been logged out."), "info")
     return redirect(url_for("main.index"))
 
 
@@ -133,10 +155,17 @@ def logout_everywhere():
     """Revoke every login of this account: every browser's cookies and streams, this one's too."""
     form = LogoutForm()
     if not form.validate_on_submit():
-        abort(400, "The form expired. Please try again.")
+        abort(400, _("The form expired. Please try again."))
     count = end_every_login(current_user)
     logout_user()
-    flash(f"You have been logged out everywhere ({count} {'login' if count == 1 else 'logins'}).", "info")
+    flash(
+        ngettext(
+            "You have been logged out everywhere (%(num)d login).",
+            "You have been logged out everywhere (%(num)d logins).",
+            count,
+        ),
+        "info",
+    )
     return redirect(url_for("main.index"))
 
 
@@ -154,10 +183,11 @@ def reset_token(user: User) -> str:
 
 
 def reset_lifetime() -> str:
-    """How long a reset link works, in words ("30 minutes")."""
+    """How long a reset link works, in words ("30 minutes"), in the current language."""
     seconds = current_app.config["RESET_TOKEN_SECONDS"]
-    count, unit = (seconds // 60, "minute") if seconds % 60 == 0 else (seconds, "second")
-    return f"{count} {unit}{'s' if count != 1 else ''}"
+    if seconds % 60 == 0:
+        return ngettext("%(num)d minute", "%(num)d minutes", seconds // 60)
+    return ngettext("%(num)d second", "%(num)d seconds", seconds)
 
 
 def _fingerprint(user: User) -> str:
@@ -184,7 +214,14 @@ def _user_of_reset(token: str) -> User | None:
     setting("RESET_RATE"),
     key_func=per_address,
     methods=["POST"],
-    on_breach=form_error(_reset_request_page, "reset requests"),
+    on_breach=form_error(
+        _reset_request_page,
+        lambda n: ngettext(
+            "Too many reset requests. Please try again in %(num)d second.",
+            "Too many reset requests. Please try again in %(num)d seconds.",
+            n,
+        ),
+    ),
 )
 def reset_password_request():
     """Mail a reset link to an address. The answer is the same whether or not an account has it,
@@ -199,20 +236,25 @@ def reset_password_request():
                 "workers.jobs.send_password_reset",
                 form.email.data,
                 base,
+                current_language(),
                 job_timeout=60,
                 retry=Retry(max=3, interval=[10, 60, 300]),  # the mail server may be away a while
             )
         except redis.RedisError as exc:
             log.warning("could not queue a password-reset mail: %s", exc)
-            form.form_errors.append("We cannot send mail right now. Please try again in a minute.")
-            return render_template("auth/reset_request.html", title="Reset your password", form=form), 503
+            form.form_errors.append(_("We cannot send mail right now. Please try again in a minute."))
+            return render_template("auth/reset_request.html", title=_("Reset your password"), form=form), 503
         flash(
-            f"If an account uses {form.email.data}, a link to choose a new password is on its way. "
-            f"It works once, for {reset_lifetime()}.",
+            _(
+                "If an account uses %(email)s, a link to choose a new password is on its way. "
+                "It works once, for %(lifetime)s.",
+                email=form.email.data,
+                lifetime=reset_lifetime(),
+            ),
             "info",
         )
         return redirect(url_for("auth.login"))
-    return render_template("auth/reset_request.html", title="Reset your password", form=form)
+    return render_template("auth/reset_request.html", title=_("Reset your password"), form=form)
 
 
 @bp.route("/reset_password/<token>", methods=["GET", "POST"])
@@ -220,7 +262,7 @@ def reset_password(token: str):
     """Choose a new password from a mailed link; every other login of the account ends."""
     user = _user_of_reset(token)
     if user is None:
-        flash("That link has expired or was already used. Ask for a new one below.", "warning")
+        flash(_("That link has expired or was already used. Ask for a new one below."), "warning")
         return redirect(url_for("auth.reset_password_request"))
     form = ResetPasswordForm()
     if form.validate_on_submit():
@@ -233,12 +275,12 @@ def reset_password(token: str):
         ).rowcount
         db.session.commit()
         if not changed:
-            flash("That link was already used. Ask for a new one below.", "warning")
+            flash(_("That link was already used. Ask for a new one below."), "warning")
             return redirect(url_for("auth.reset_password_request"))
         end_every_login(user)
         forget_devices(user.username)
         if current_user.is_authenticated:
             logout_user()
-        flash("Your password is changed, and every other browser is logged out.", "success")
+        flash(_("Your password is changed, and every other browser is logged out."), "success")
         return _logged_in(user, Attempt(user.username), url_for("main.index"), remember=False)
-    return render_template("auth/reset_password.html", title="Choose a new password", form=form)
+    return render_template("auth/reset_password.html", title=_("Choose a new password"), form=form)

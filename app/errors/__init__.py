@@ -6,6 +6,8 @@ import logging
 
 import sqlalchemy as sa
 from flask import Blueprint, Response, abort, render_template, request
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 
@@ -21,20 +23,50 @@ log = logging.getLogger(__name__)
 _database = FailureTally(log, "reach the database")
 
 
+# The errors people meet, in their language; werkzeug's own words are English only.
+NAMES = {
+    400: _l("Bad request"),
+    401: _l("Not logged in"),
+    403: _l("Forbidden"),
+    404: _l("Not found"),
+    405: _l("Method not allowed"),
+    409: _l("Conflict"),
+    413: _l("Too large"),
+    429: _l("Too many requests"),
+    500: _l("Something went wrong"),
+    503: _l("Unavailable for a moment"),
+}
+DESCRIPTIONS = {
+    400: _l("The request could not be understood."),
+    401: _l("Please log in first."),
+    403: _l("You may not do that."),
+    404: _l("There is nothing here. Check the address, or go back."),
+    405: _l("This address does not take that kind of request."),
+    409: _l("That cannot be done right now."),
+    413: _l("What was sent is too large."),
+    429: _l("Too many requests. Please try again in a minute."),
+    500: _l("Something went wrong on our side. Please try again."),
+    503: _l("Please try again in a moment."),
+}
+
+
 def _handle_http(exc: HTTPException):
     if exc.response is not None:  # an answer made for this case (a rate-limited form page)
         return exc.response
     status = exc.code or 500
-    message = exc.description or exc.name
+    message = exc.description
     if isinstance(exc, CSRFError):
-        message = "The form expired or was not sent from this site. Please try again."
+        message = _("The form expired or was not sent from this site. Please try again.")
+    elif not message or message == type(exc).description:  # werkzeug's generic English words
+        message = DESCRIPTIONS.get(status, exc.name)
     if wants_json():
-        response, status = json_error(status, message)
+        response, status = json_error(status, str(message))
     else:
-        response = render_template("errors/error.html", code=status, name=exc.name, message=message)
+        name = NAMES.get(status, exc.name)
+        response = render_template("errors/error.html", code=status, name=name, message=message)
     headers = exc.get_headers() if status in (405, 429) else []
     allow = [h for h in headers if h[0] in ("Allow", "Retry-After")]
-    if status == 429 and not any(name == "Retry-After" for name, _ in allow):
+    if status == 429 and not any(name == "Retry-After" for name, _value in allow):
         allow.append(("Retry-After", str(_seconds_to_retry())))
     return response, status, allow
 
@@ -67,8 +99,8 @@ def handle_database_unavailable(exc: sa.exc.OperationalError):
     except sa.exc.SQLAlchemyError:
         pass  # the connection is gone already; the pool replaces it
     draw_without_user()  # their navbar (and its stream attributes) would ask the database again
-    response, status, _ = _handle_http(
-        ServiceUnavailable("The database is unavailable for a moment. Please try again.")
+    response, status, _headers = _handle_http(
+        ServiceUnavailable(_("The database is unavailable for a moment. Please try again."))
     )
     return response, status, [("Retry-After", "2")]
 
@@ -102,4 +134,4 @@ def refuse_nul_characters():
         for key, value in multidict.items(multi=True):
             values += (key, value)
     if any("\x00" in value for value in values):
-        abort(400, "The request contains a NUL character, which is not allowed.")
+        abort(400, _("The request contains a NUL character, which is not allowed."))

@@ -5,13 +5,16 @@ from __future__ import annotations
 from datetime import timedelta
 
 import sqlalchemy as sa
-from flask import current_app, redirect, render_template, request, url_for
+from flask import abort, current_app, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from flask_login import current_user, login_required
 
 from app.extensions import db
+from app.i18n import COOKIE, COOKIE_SECONDS, LANGUAGES
 from app.main import bp
 from app.models import User, utcnow
 from app.paging import paginate
+from app.responses import safe_next
 
 # Writing last_seen on every request would turn reads into writes; once a minute is enough.
 LAST_SEEN_RESOLUTION = timedelta(minutes=1)
@@ -32,7 +35,7 @@ def record_last_seen() -> None:
 @bp.route("/")
 def index():
     """Home page."""
-    return render_template("main/index.html", title="Home")
+    return render_template("main/index.html", title=_("Home"))
 
 
 @bp.route("/users")
@@ -40,7 +43,7 @@ def index():
 def users():
     """Directory of users, paginated."""
     page = paginate(sa.select(User).order_by(User.username), current_app.config["USERS_PER_PAGE"])
-    return render_template("main/users.html", title="Users", page=page)
+    return render_template("main/users.html", title=_("Users"), page=page)
 
 
 @bp.route("/user/<username>")
@@ -50,6 +53,31 @@ def user(username: str):
     profile = db.first_or_404(sa.select(User).where(User.username == username))
     i_blocked = profile.id != current_user.id and current_user.has_blocked(profile)
     return render_template("main/user.html", title=profile.username, user=profile, i_blocked=i_blocked)
+
+
+@bp.route("/language", methods=["POST"])
+def language():
+    """Choose the site's language (``language``: a code of LANGUAGES, or empty for the browser's):
+    remembered in a cookie on this browser and, for a logged-in user, on every device."""
+    choice = request.form.get("language", "")
+    if choice and choice not in LANGUAGES:
+        abort(400, _("There is no such language."))
+    if current_user.is_authenticated:
+        current_user.language = choice or None
+        db.session.commit()
+    response = redirect(safe_next(request.form.get("next")) or url_for("main.index"))
+    if choice:
+        response.set_cookie(
+            COOKIE,
+            choice,
+            max_age=COOKIE_SECONDS,
+            samesite="Lax",
+            httponly=True,
+            secure=current_app.config["SESSION_COOKIE_SECURE"],
+        )
+    else:
+        response.delete_cookie(COOKIE)
+    return response
 
 
 @bp.route("/favicon.ico")

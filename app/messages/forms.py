@@ -1,6 +1,7 @@
 """Message forms."""
 
 from flask import current_app
+from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from wtforms import SubmitField, TextAreaField
 from wtforms.validators import DataRequired, Length
@@ -28,17 +29,17 @@ class MessageForm(FlaskForm):
             return login_lifetime_seconds()
 
     message = TextAreaField(
-        "Message",
+        _l("Message"),
         filters=[_tidy],
         validators=[
-            DataRequired(message="Write something first."),
-            Length(min=1, max=MESSAGE_MAX_CHARS, message=f"At most {MESSAGE_MAX_CHARS:,} characters."),
+            DataRequired(message=_l("Write something first.")),
+            Length(min=1, max=MESSAGE_MAX_CHARS, message=_l("At most 2,000 characters.")),
         ],
     )
-    submit = SubmitField("Send")
+    submit = SubmitField(_l("Send"))
 
 
 class ExportForm(FlaskForm):
     """Start an export (a form only for its CSRF token)."""
 
-    submit = SubmitField("Export my messages")
+    submit = SubmitField(_l("Export my messages"))

@@ -14,12 +14,15 @@ from flask import (
     send_file,
     url_for,
 )
+from flask_babel import gettext as _
+from flask_babel import ngettext
 from flask_login import current_user, login_required
 from flask_wtf.csrf import CSRFError, validate_csrf
 from sqlalchemy.exc import IntegrityError
 from wtforms import ValidationError
 
 from app.extensions import csrf, db
+from app.i18n import current_language
 from app.limits import form_error, limiter, per_user, setting
 from app.messages import bp, threads
 from app.messages.forms import ExportForm, MessageForm, login_lifetime_seconds
@@ -34,7 +37,7 @@ def _other(username: str) -> User:
     """The user at the other end of a conversation: 404 if unknown; yourself is refused."""
     user = db.first_or_404(sa.select(User).where(User.username == username))
     if user.id == current_user.id:
-        abort(404, "There is no conversation with yourself.")
+        abort(404, _("There is no conversation with yourself."))
     return user
 
 
@@ -54,7 +57,7 @@ def _before() -> int | None:
         return None
     before = _message_id(raw)
     if before is None:
-        abort(404, "There is no such page.")
+        abort(404, _("There is no such page."))
     return before
 
 
@@ -97,7 +100,14 @@ _send_limit = limiter.limit(
     setting("SEND_RATE"),
     key_func=per_user,
     methods=["POST"],
-    on_breach=form_error(_rate_limited_page, "messages"),
+    on_breach=form_error(
+        _rate_limited_page,
+        lambda n: ngettext(
+            "Too many messages. Please try again in %(num)d second.",
+            "Too many messages. Please try again in %(num)d seconds.",
+            n,
+        ),
+    ),
 )
 
 
@@ -107,7 +117,9 @@ def _send(other: User):
     form = MessageForm()
     if not form.validate_on_submit():
         if "csrf_token" in form.errors:
-            message = "This page was open too long or its form was not sent from this site. Press Send again."
+            message = _(
+                "This page was open too long or its form was not sent from this site. Press Send again."
+            )
             if wants_json():
                 return json_error(400, message)
             fresh = MessageForm(formdata=None, message=form.message.data)
@@ -156,7 +168,7 @@ def send_message(recipient: str):
     """The seed's send form: now the conversation with ``recipient``."""
     user = db.first_or_404(sa.select(User).where(User.username == recipient))
     if user.id == current_user.id:
-        flash("You cannot send a message to yourself.", "warning")
+        flash(_("You cannot send a message to yourself."), "warning")
         return redirect(url_for("main.user", username=recipient))
     if request.method == "POST":
         return _send(user)
@@ -182,7 +194,7 @@ def newer(username: str):
     other = _other(username)
     after = _message_id(request.args.get("after", ""))
     if after is None:
-        return json_error(400, "after must be a message id")
+        return json_error(400, _("after must be a message id"))
     limit = current_app.config["MESSAGES_PER_PAGE"]
     messages = threads.newer_than(current_user, other, after, limit)
     html = render_template("messages/_messages.html", messages=messages, other=other)
@@ -210,7 +222,7 @@ def read(username: str):
 @bp.route("/messages/<username>/typing", methods=["POST"])
 @login_required
 @csrf.exempt
-@limiter.limit(setting("TYPING_RATE"), key_func=per_user, error_message="typing too often")
+@limiter.limit(setting("TYPING_RATE"), key_func=per_user, error_message=lambda: _("typing too often"))
 def typing(username: str):
     """Tell ``username``'s open conversation that the user is typing: ephemeral, never stored."""
     _check_script_csrf()
@@ -232,9 +244,9 @@ def set_block(username: str, on: bool):
     except IntegrityError:  # the same block, from a double click, committed first
         db.session.rollback()
     if on:
-        flash(f"You have blocked {other.username}. They cannot send you messages.", "info")
+        flash(_("You have blocked %(name)s. They cannot send you messages.", name=other.username), "info")
     else:
-        flash(f"You have unblocked {other.username}.", "info")
+        flash(_("You have unblocked %(name)s.", name=other.username), "info")
     return redirect(safe_next(request.form.get("next")) or url_for("main.user", username=other.username))
 
 
@@ -252,7 +264,7 @@ def messages():
     ).all()
     return render_template(
         "messages/messages.html",
-        title="Messages",
+        title=_("Messages"),
         page=page,
         conversations=rows,
         export_form=ExportForm(),
@@ -262,26 +274,28 @@ def messages():
 
 @bp.route("/export_messages", methods=["POST"])
 @login_required
-@limiter.limit(setting("EXPORT_RATE"), key_func=per_user, error_message="Too many exports; try again later.")
+@limiter.limit(
+    setting("EXPORT_RATE"), key_func=per_user, error_message=lambda: _("Too many exports; try again later.")
+)
 def export_messages():
     """Start a background export of the user's messages (one at a time)."""
     form = ExportForm()
     if not form.validate_on_submit():
-        abort(400, "The form expired. Please try again.")
+        abort(400, _("The form expired. Please try again."))
     try:
-        task = launch_task(current_user, "export_messages", "Export of your messages")
+        task = launch_task(current_user, "export_messages", "Export of your messages", current_language())
     except TaskAlreadyRunning:
         if wants_json():
-            return json_error(409, "an export of your messages is already running")
-        flash("An export of your messages is already running.", "warning")
+            return json_error(409, _("an export of your messages is already running"))
+        flash(_("An export of your messages is already running."), "warning")
     except TaskNotStarted:
         if wants_json():
-            return json_error(503, "the export could not be started; please try again shortly")
-        flash("The export could not be started. Please try again shortly.", "danger")
+            return json_error(503, _("the export could not be started; please try again shortly"))
+        flash(_("The export could not be started. Please try again shortly."), "danger")
     else:
         if wants_json():
             return {"task_id": task.id, "status": task.status}, 202
-        flash("Your messages are being exported.", "info")
+        flash(_("Your messages are being exported."), "info")
     return redirect(url_for("messages.messages"))
 
 
@@ -298,7 +312,7 @@ def dismiss_export(task_id: str):
     """Hide a finished or failed export's card (its file stays until it expires)."""
     task = _own_task(task_id)
     if task.active:
-        abort(409, "That export is still running.")
+        abort(409, _("That export is still running."))
     task.dismissed = True
     db.session.commit()
     return redirect(url_for("messages.messages"))
@@ -313,7 +327,7 @@ def download_export(task_id: str):
         abort(404)
     path = export_path(current_app, current_user.id, task.id)
     if not path.is_file():
-        abort(404, "That export is no longer available.")
+        abort(404, _("That export is no longer available."))
     return send_file(
         path,
         mimetype="application/json",

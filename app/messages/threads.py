@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from flask_babel import gettext as _
 
 from app.extensions import db
 from app.models import Block, Message, User, utcnow
@@ -162,9 +163,11 @@ def send(sender: User, recipient: User, body: str) -> Message:
     racing the block that refuses it by milliseconds may still go through."""
     tidings.lock(sender, recipient)
     if recipient.has_blocked(sender):
-        raise SendRefused(f"{recipient.username} is not accepting messages from you.")
+        raise SendRefused(_("%(name)s is not accepting messages from you.", name=recipient.username))
     if sender.has_blocked(recipient):
-        raise SendRefused(f"You have blocked {recipient.username}. Unblock them to send a message.")
+        raise SendRefused(
+            _("You have blocked %(name)s. Unblock them to send a message.", name=recipient.username)
+        )
     msg = Message(sender_id=sender.id, recipient_id=recipient.id, body=body)
     db.session.add(msg)
     db.session.flush()

@@ -38,7 +38,7 @@ def test_register_creates_the_account_and_logs_it_in(client, app):
         ("username", "bad name", b"3 to 64 letters"),
         ("username", "<script>", b"3 to 64 letters"),
         ("username", "ALICE", b"That username is taken"),
-        ("email", "not-an-email", b"Invalid email address"),
+        ("email", "not-an-email", b"That is not an email address."),
         ("email", "ALICE@example.com", b"already registered"),
         ("password", "short", b"At least 8 characters"),
         ("password2", "different-pass", b"Passwords must match"),

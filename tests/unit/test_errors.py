@@ -20,13 +20,13 @@ def logged_in(auth):
 def test_404_page_has_the_site_look(client):
     r = client.get("/no/such/page")
     assert r.status_code == 404
-    assert b"Not Found" in r.data and b'class="navbar' in r.data
+    assert b"Not found" in r.data and b'class="navbar' in r.data
 
 
 def test_405_page_names_allowed_methods(client):
     r = client.delete("/auth/login")
     assert r.status_code == 405 and "GET" in r.headers["Allow"]
-    assert b"Method Not Allowed" in r.data
+    assert b"Method not allowed" in r.data
 
 
 def test_json_clients_get_json_errors(client):
@@ -36,7 +36,7 @@ def test_json_clients_get_json_errors(client):
 
 def test_huge_fields_are_refused_with_413(client, logged_in, app):
     r = client.post("/send_message/bob", data={"message": "x" * 200_000})
-    assert r.status_code == 413 and b"Request Entity Too Large" in r.data
+    assert r.status_code == 413 and b"Too large" in r.data
     with app.app_context():
         assert db.session.scalar(sa.select(sa.func.count(Message.id))) == 0
 
@@ -44,7 +44,7 @@ def test_huge_fields_are_refused_with_413(client, logged_in, app):
 def test_huge_username_on_login_is_a_form_error(client, logged_in):
     logged_in.logout()
     r = client.post("/auth/login", data={"username": "u" * 5000, "password": "p"})
-    assert r.status_code == 200 and b"Field cannot be longer than 64 characters" in r.data
+    assert r.status_code == 200 and b"At most 64 characters." in r.data
 
 
 def test_non_utf8_form_bytes_do_not_crash(client, logged_in, app):
@@ -80,7 +80,7 @@ def test_unexpected_errors_are_a_500_page_and_roll_back(app, client):
         raise RuntimeError("kaput")
 
     r = client.get("/boom")
-    assert r.status_code == 500 and b"Internal Server Error" in r.data
+    assert r.status_code == 500 and b"Something went wrong" in r.data
 
 
 def test_a_database_outage_is_a_503_with_retry_after_and_one_log_line(app, client, auth, caplog):

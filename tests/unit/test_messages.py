@@ -227,7 +227,7 @@ def test_the_conversation_list_pages(client, auth, people, app):
 def test_bad_page_numbers_are_a_clear_404(client, auth, people, page):
     auth.login("bob")
     r = client.get(f"/messages?page={page}")
-    assert r.status_code == 404 and b"Not Found" in r.data
+    assert r.status_code == 404 and b"Not found" in r.data
 
 
 def test_what_a_send_tells_both_people(client, auth, people, fake_redis):

@@ -3,6 +3,7 @@
 // starts a new line; the text stays until the server has taken it).
 (function () {
   "use strict";
+  var i18n = window.tidingsI18n;
   var thread = document.getElementById("thread");
   var form = document.getElementById("reply_form");
   if (!thread || !form) return;
@@ -49,9 +50,7 @@
     seenLine.hidden = !show;
     if (!show) return;
     last.insertAdjacentElement("afterend", seenLine);
-    var time = seenLine.querySelector("time");
-    time.setAttribute("datetime", receipt.at);
-    time.textContent = String(receipt.at).slice(0, 16).replace("T", " ") + " UTC";
+    i18n.times.set(seenLine.querySelector("time"), receipt.at);
   }
 
   var fetching = false;
@@ -69,6 +68,7 @@
         var empty = document.getElementById("empty_thread");
         if (empty) empty.remove();
         thread.insertAdjacentHTML("beforeend", page.html); // rendered (and escaped) by the server
+        i18n.times.render(thread);
         lastId = page.last_id;
         if (page.unread) {
           unreadHere = true;
@@ -105,7 +105,7 @@
       .on("typing", function (n) {
         var d = n.data || {};
         if (d.from !== other) return;
-        typingLine.textContent = other + " is typing…";
+        typingLine.textContent = i18n.t("is_typing", { name: other });
         clearTimeout(typingTimer);
         typingTimer = setTimeout(hideTyping, TYPING_SHOWN_MS);
       });
@@ -115,7 +115,7 @@
 
   function count() {
     var n = Array.from(box.value.trim()).length; // characters, as the server counts them
-    counter.textContent = n > MAX - 200 ? n.toLocaleString() + " / " + MAX.toLocaleString() : "";
+    counter.textContent = n > MAX - 200 ? n.toLocaleString(i18n.lang) + " / " + MAX.toLocaleString(i18n.lang) : "";
     counter.classList.toggle("over", n > MAX);
   }
 
@@ -166,7 +166,7 @@
       .then(function (res) {
         // Only an id means stored: a login that ended answers with the login page (a 200).
         if (!res.ok || typeof res.body.id !== "number") {
-          showError(res.body.error || "Your message was not sent. Reload the page (you may need to log in again); copy your text first.");
+          showError(res.body.error || i18n.t("not_sent"));
           return;
         }
         if (!live) { // an older page: the new message is on the newest one
@@ -180,7 +180,7 @@
         count();
         fetchNewer();
       })
-      .catch(function () { showError("Your message was not sent: the site could not be reached. It is still here; press Send again."); })
+      .catch(function () { showError(i18n.t("unreachable")); })
       .then(function () { sending = false; box.focus(); });
   });
 

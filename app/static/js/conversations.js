@@ -2,6 +2,7 @@
 // message and unread count ("conversation" notifications, sent to both people of a message).
 (function () {
   "use strict";
+  var i18n = window.tidingsI18n;
   var list = document.getElementById("conversations");
   if (!list) return;
   var me = list.getAttribute("data-me");
@@ -24,11 +25,13 @@
     left.appendChild(el("span", "d-block small text-body-secondary preview"));
     var right = el("span", "text-end text-nowrap");
     var small = el("small", "d-block text-body-secondary");
-    small.appendChild(document.createElement("time"));
+    var time = document.createElement("time");
+    time.setAttribute("data-style", "relative");
+    small.appendChild(time);
     right.appendChild(small);
     var badge = el("span", "badge text-bg-primary rounded-pill unread d-none");
     badge.appendChild(el("span", "n", "0"));
-    badge.appendChild(el("span", "visually-hidden", " unread"));
+    badge.appendChild(el("span", "visually-hidden", " " + i18n.t("unread_short")));
     right.appendChild(badge);
     row.appendChild(left);
     row.appendChild(right);
@@ -55,10 +58,9 @@
       if (empty) empty.remove();
     }
     row.setAttribute("data-last-id", String(d.message_id));
-    row.querySelector(".preview").textContent = (d.from === me ? "You: " : "") + String(d.preview || "");
-    var time = row.querySelector("time");
-    time.setAttribute("datetime", d.at);
-    time.textContent = String(d.at || "").slice(0, 16).replace("T", " ") + " UTC";
+    var preview = String(d.preview || "");
+    row.querySelector(".preview").textContent = d.from === me ? i18n.t("you_prefix", { text: preview }) : preview;
+    i18n.times.set(row.querySelector("time"), String(d.at || ""));
     var unread = Number(d.unread) || 0;
     var badge = row.querySelector(".unread");
     badge.querySelector(".n").textContent = String(unread);

@@ -4,6 +4,7 @@
 (function () {
   "use strict";
 
+  var i18n = window.tidingsI18n;
   var baseTitle = document.title.replace(/^\(\d+\) /, "");
   var favicon = document.getElementById("favicon");
 
@@ -16,8 +17,8 @@
       el.textContent = String(n);
       if (el.classList.contains("badge")) el.classList.toggle("invisible", !n);
     });
-    document.querySelectorAll("[data-unread-plural]").forEach(function (el) {
-      el.textContent = n === 1 ? "" : "s";
+    document.querySelectorAll("[data-unread-sentence]").forEach(function (el) {
+      el.textContent = i18n.n("unread", n);
     });
     document.title = (n ? "(" + n + ") " : "") + baseTitle;
     if (favicon) favicon.href = favicon.getAttribute(n ? "data-icon-unread" : "data-icon");
@@ -55,7 +56,7 @@
       head.appendChild(element("strong", "me-auto toast-title"));
       var close = element("button", "btn-close");
       close.type = "button";
-      close.setAttribute("aria-label", "Close");
+      close.setAttribute("aria-label", i18n.t("close"));
       close.addEventListener("click", function () { dismiss(key); });
       head.appendChild(close);
       t.el.appendChild(head);
@@ -89,12 +90,14 @@
       if (!live || !d || typeof d.sender !== "string" || lookingAt(d.sender)) return;
       showToast(
         "from:" + d.sender,
-        function (count) { return count > 1 ? d.sender + ": " + count + " new messages" : "Message from " + d.sender; },
+        function (count) {
+          return count > 1 ? i18n.n("new_messages", count, { name: d.sender }) : i18n.t("message_from", { name: d.sender });
+        },
         String(d.preview || ""),
         "/messages/" + encodeURIComponent(d.sender)
       );
     })
     .on("announcement", function (n, live) {
-      if (live) window.tidingsToast("Announcement", typeof n.data === "string" ? n.data : JSON.stringify(n.data));
+      if (live) window.tidingsToast(i18n.t("announcement"), typeof n.data === "string" ? n.data : JSON.stringify(n.data));
     });
 })();

@@ -2,6 +2,7 @@
 // "task_progress" notifications; a finished card can be dismissed.
 (function () {
   "use strict";
+  var i18n = window.tidingsI18n;
   // Only this site's own export downloads become links: a channel message could carry anything.
   function safeDownload(url) {
     var u;
@@ -40,16 +41,16 @@
     bar.style.width = progress + "%";
     card.querySelector(".progress").setAttribute("aria-valuenow", String(progress));
     if (d.status === "failed") {
-      var retry = el("button", "btn btn-link btn-sm p-0 align-baseline task-retry", "Retry");
+      var retry = el("button", "btn btn-link btn-sm p-0 align-baseline task-retry", i18n.t("retry"));
       retry.type = "submit";
       retry.setAttribute("form", "export_form");
-      finish(card, status, el("span", "text-danger", "Failed"), retry);
+      finish(card, status, el("span", "text-danger", i18n.t("failed")), retry);
     } else if (progress >= 100 && safeDownload(d.download_url)) {
-      var link = el("a", "task-download", "Download");
+      var link = el("a", "task-download", i18n.t("download"));
       link.href = safeDownload(d.download_url);
-      finish(card, status, el("span", "text-success", "Ready"), link);
+      finish(card, status, el("span", "text-success", i18n.t("ready")), link);
     } else {
-      status.textContent = "Preparing… " + progress + "%";
+      status.textContent = i18n.t("preparing", { num: progress });
     }
   });
 })();
