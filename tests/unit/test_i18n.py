@@ -21,7 +21,15 @@ from tests.unit.test_fuzz_routes import FUZZ, hostile
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOGS = ROOT / "app" / "translations"
-KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "_l": None, "lazy_gettext": None, "ngettext_raw": (1, 2)}
+KEYWORDS = {
+    "_": None,
+    "gettext": None,
+    "ngettext": (1, 2),
+    "_l": None,
+    "lazy_gettext": None,
+    "ngettext_raw": (1, 2),
+}
+PLACEHOLDER = re.compile(r"%\(\w+\)[sd]")
 
 
 def extracted() -> set:
@@ -44,7 +52,9 @@ def test_every_text_is_translated_into_simplified_chinese_and_none_is_fuzzy():
     by_id = {_key(m.id): m for m in catalog if m.id}
     missing = [m for m in extracted() if m not in by_id]
     assert not missing, f"not in the zh_Hans catalog (run `make translations`, then translate): {missing}"
-    untranslated = [k for k, m in by_id.items() if not (m.string if isinstance(m.string, str) else all(m.string))]
+    untranslated = [
+        k for k, m in by_id.items() if not all((m.string,) if isinstance(m.string, str) else m.string)
+    ]
     assert not untranslated, f"untranslated: {untranslated}"
     fuzzy = [k for k, m in by_id.items() if m.fuzzy]
     assert not fuzzy, f"fuzzy (check, then drop the flag): {fuzzy}"
@@ -57,7 +67,7 @@ def test_placeholders_survive_translation():
             continue
         source = m.id if isinstance(m.id, str) else m.id[1]
         target = m.string if isinstance(m.string, str) else m.string[0]
-        assert sorted(re.findall(r"%\(\w+\)[sd]", source)) == sorted(re.findall(r"%\(\w+\)[sd]", target)), m.id
+        assert sorted(PLACEHOLDER.findall(source)) == sorted(PLACEHOLDER.findall(target)), m.id
 
 
 def _key(text) -> str | tuple:
@@ -178,16 +188,21 @@ def test_forms_flashes_errors_and_plurals_speak_chinese(client, auth):
     assert "1 条未读消息" in home and "你好，bob！" in home
 
 
+def page_texts(page: str) -> dict:
+    return json.loads(
+        re.search(r'<script type="application/json" id="page_texts">(.*?)</script>', page).group(1)
+    )
+
+
 def test_the_page_carries_its_script_texts_in_its_language(client, auth):
     auth.create("alice")
     auth.login("alice")
     page = client.get("/", headers=ZH).get_data(as_text=True)
-    texts = json.loads(re.search(r'<script type="application/json" id="page_texts">(.*?)</script>', page).group(1))
+    texts = page_texts(page)
     assert texts["lang"] == "zh-Hans" and texts["message_from"] == "%(name)s 发来消息"
-    assert texts["new_messages"] == {"one": "%(name)s：%(num)d 条新消息", "other": "%(name)s：%(num)d 条新消息"}
-    english = json.loads(
-        re.search(r'id="page_texts">(.*?)</script>', client.get("/").get_data(as_text=True)).group(1)
-    )
+    one_form = "%(name)s：%(num)d 条新消息"
+    assert texts["new_messages"] == {"one": one_form, "other": one_form}
+    english = page_texts(client.get("/").get_data(as_text=True))
     assert english["new_messages"]["one"] == "%(name)s: %(num)d new message"
 
 
