@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 import redis
 import sqlalchemy as sa
 from flask import Flask, current_app
 
+from app.api.schema import JSONRefused, strict_json
 from app.extensions import db
 from app.models import Message, Notification, Task, User
 
@@ -40,17 +39,74 @@ def init_app(app: Flask) -> None:
         if user is None:
             raise click.ClickException(f"no user named {username!r}")
         try:
-            payload = json.loads(data, parse_constant=_reject, parse_float=_finite)
-        except RecursionError:
-            raise click.ClickException("DATA is nested too deeply") from None
-        except ValueError as exc:
-            raise click.ClickException(f"DATA is not valid JSON: {exc}") from None
+            payload = strict_json(data)
+        except JSONRefused as exc:
+            raise click.ClickException(
+                f"DATA is {exc}" if str(exc).startswith(("not", "nested")) else str(exc)
+            ) from None
         try:
             event = tidings.notify(user, name, payload)
             db.session.commit()
         except NotificationRefused as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"stored and published notification {event.id} ({name}) for {username}")
+
+    @app.cli.group("keys")
+    def keys_group() -> None:
+        """Keys for services that publish through the API (docs/api.md)."""
+
+    @keys_group.command("create")
+    @click.argument("name")
+    @click.option("--kinds", required=True, help="the kinds it may send, comma-separated")
+    @click.option("--to", "recipients", help="the only usernames it may send to, comma-separated")
+    def keys_create(name: str, kinds: str, recipients: str | None) -> None:
+        """Make key NAME; its secret is printed once, on a line of its own, and kept nowhere."""
+        from app.api import keys
+        from app.models import ApiKey
+        from app.notifications import tidings
+
+        kind_names = [k.strip() for k in kinds.split(",") if k.strip()]
+        unknown = [k for k in kind_names if k not in tidings.kinds]
+        if not kind_names or unknown:
+            raise click.ClickException(
+                f"not declared kinds: {unknown or kinds!r} (see NOTIFICATION_KINDS_FILE)"
+            )
+        if not 1 <= len(name) <= 64 or db.session.scalar(sa.select(ApiKey.id).where(ApiKey.name == name)):
+            raise click.ClickException(f"a key needs a new name of 1 to 64 characters; {name!r} is not")
+        to = [r.strip() for r in recipients.split(",") if r.strip()] if recipients else None
+        _, token = keys.create(name, kind_names, to)
+        db.session.commit()
+        click.echo(
+            f"key {name} may send {', '.join(kind_names)}" + (f" to {', '.join(to)}" if to else ""), err=True
+        )
+        click.echo("its secret, shown this once (send it as Authorization: Bearer …):", err=True)
+        click.echo(token)
+
+    @keys_group.command("list")
+    def keys_list() -> None:
+        """Every key: name, kinds, recipients, created, last used, revoked."""
+        from app.models import ApiKey
+
+        for key in db.session.scalars(sa.select(ApiKey).order_by(ApiKey.name)):
+            used = key.last_used_at.isoformat(timespec="minutes") if key.last_used_at else "never"
+            state = f"revoked {key.revoked_at.isoformat(timespec='minutes')}" if key.revoked_at else "live"
+            click.echo(
+                f"{key.name}\tkinds={key.kinds}\tto={key.recipients or '*'}\t"
+                f"created={key.created_at.isoformat(timespec='minutes')}\tlast used={used}\t{state}"
+            )
+
+    @keys_group.command("revoke")
+    @click.argument("name")
+    def keys_revoke(name: str) -> None:
+        """Revoke key NAME: its next request gets 401."""
+        from app.models import ApiKey, utcnow
+
+        key = db.session.scalar(sa.select(ApiKey).where(ApiKey.name == name))
+        if key is None:
+            raise click.ClickException(f"no key named {name!r}")
+        key.revoked_at = key.revoked_at or utcnow()
+        db.session.commit()
+        click.echo(f"revoked {name}")
 
     @app.cli.group("limits")
     def limits_group() -> None:
@@ -107,14 +163,3 @@ def init_app(app: Flask) -> None:
             raise click.ClickException(f"Redis: {exc}") from None
         except KeyboardInterrupt:
             pass
-
-
-def _reject(token: str):
-    raise ValueError(f"{token} is not allowed")
-
-
-def _finite(token: str) -> float:
-    value = float(token)
-    if value in (float("inf"), float("-inf")):
-        raise ValueError(f"{token[:20]} is out of range (numbers must be finite)")
-    return value

@@ -52,6 +52,7 @@ RATE_LIMITS = {
     "REGISTER_RATE": "10 per hour",  # registrations from one client address
     "SEND_RATE": "30 per minute",  # private messages one user sends
     "TYPING_RATE": "40 per minute",  # "is typing" signals one user sends
+    "API_RATE": "600 per minute",  # publish API requests one service key makes
     "EXPORT_RATE": "10 per hour",  # exports one user starts
     "STREAM_RATE": "120 per minute",  # /stream connections one user opens
 }
@@ -149,6 +150,8 @@ def load_config(instance_path: str) -> dict:
         "TIDINGS_MAX_STREAMS_PER_WORKER": _int_env("MAX_STREAMS_PER_WORKER", 0),
         # Open streams one user may hold across every worker and host (0: no cap); beyond: 429.
         "TIDINGS_MAX_STREAMS_PER_USER": _int_env("MAX_STREAMS_PER_USER", 32, minimum=0),
+        # Kinds services may send through the publish API, with how each is shown (app/service_kinds.py).
+        "NOTIFICATION_KINDS_FILE": os.environ.get("NOTIFICATION_KINDS_FILE") or None,
         "MESSAGES_PER_PAGE": _int_env("MESSAGES_PER_PAGE", 25),
         "USERS_PER_PAGE": _int_env("USERS_PER_PAGE", 25),
         "EXPORT_DIR": os.environ.get("EXPORT_DIR") or str(instance / "exports"),

@@ -10,7 +10,7 @@ from flask_babel import lazy_gettext
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Engine
 
-from app import i18n
+from app import i18n, service_kinds
 from app.config import load_config
 from app.extensions import bootstrap, csrf, db, login, migrate
 from app.limits import limiter
@@ -44,14 +44,16 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from flask_tidings import SQLAlchemyStore
 
     tidings.init_app(app, store=SQLAlchemyStore(db, Notification, lock_rows_of=User))
+    service_kinds.init_app(app, tidings)
 
-    from app import auth, errors, main, messages, ops, security
+    from app import api, auth, errors, main, messages, ops, security
 
     app.register_blueprint(errors.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(main.bp)
     app.register_blueprint(messages.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(api.bp)
     security.init_app(app)
 
     from app import cli, metrics
@@ -97,7 +99,10 @@ def _template_helpers(app: Flask) -> None:
 
     @app.context_processor
     def navbar_state() -> dict[str, Any]:
-        """The badge count every logged-in page starts from."""
+        """The badge count every logged-in page starts from; services' notifications."""
         if not current_user.is_authenticated:
             return {}
-        return {"unread_count": current_user.unread_message_count()}
+        return {
+            "unread_count": current_user.unread_message_count(),
+            "service_notifications": lambda: service_kinds.for_page(app, current_user.id),
+        }

@@ -231,6 +231,52 @@ class Block(db.Model):
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime(), default=utcnow)
 
 
+class ApiKey(db.Model):
+    """A service's key for the publish API: the secret is shown once and kept only as a hash.
+
+    The bearer token is ``tid_<prefix>_<secret>``: ``prefix`` finds the row, the secret's
+    SHA-256 is compared in constant time. ``kinds`` (comma-separated) are what it may send;
+    ``recipients`` (comma-separated usernames), if set, whom it may send to.
+    """
+
+    __tablename__ = "api_key"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    name: so.Mapped[str] = so.mapped_column(sa.String(64), unique=True)
+    prefix: so.Mapped[str] = so.mapped_column(sa.String(16), unique=True)
+    secret_hash: so.Mapped[str] = so.mapped_column(sa.String(64))
+    kinds: so.Mapped[str] = so.mapped_column(sa.String(1024))
+    recipients: so.Mapped[str | None] = so.mapped_column(sa.Text())
+    created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime())
+    last_used_at: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime())
+
+    @property
+    def kind_names(self) -> list[str]:
+        return [k for k in self.kinds.split(",") if k]
+
+    @property
+    def recipient_names(self) -> list[str] | None:
+        return [r for r in self.recipients.split(",") if r] if self.recipients else None
+
+
+class IdempotentRequest(db.Model):
+    """A publish made with an ``Idempotency-Key``: a repeat (same key, same idempotency key,
+    within 24 h) gets this answer again and stores nothing. The unique pair makes a racing
+    repeat wait for the first and then find it."""
+
+    __tablename__ = "idempotent_request"
+    __table_args__ = (sa.UniqueConstraint("api_key_id", "key"),)
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    api_key_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey(ApiKey.id))
+    key: so.Mapped[str] = so.mapped_column(sa.String(255))
+    request_hash: so.Mapped[str] = so.mapped_column(sa.String(64))
+    status: so.Mapped[int] = so.mapped_column(default=201)
+    response_json: so.Mapped[str] = so.mapped_column(sa.Text(), default="")
+    created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
 class Notification(NotificationMixin, db.Model):
     """The latest notification of one kind (``Kind.key``) for one user: flask_tidings' store."""
 

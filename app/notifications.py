@@ -37,8 +37,6 @@ KINDS = [
     Kind("typing", '"alice is typing…" in the open conversation (data: from)'),
     Kind("task_progress", "the task's progress bar; a download link at 100", per="task_id"),
     Kind("announcement", "a toast with the text (data: str)"),
-    # No handler on the page: re-dispatched as tidings:build_finished for the site's own script.
-    Kind("build_finished", "nothing by itself: an example of a site's own kind"),
 ]
 
 

@@ -19,7 +19,7 @@ def _script_paths() -> tuple[str, ...]:
 
 def wants_json() -> bool:
     """Whether this request should be answered with JSON."""
-    if request.blueprint == "tidings" or request.path.startswith(_script_paths()):
+    if request.blueprint in ("tidings", "api") or request.path.startswith(("/api/", *_script_paths())):
         return True
     best = request.accept_mimetypes.best_match(["application/json", "text/html"])
     return (

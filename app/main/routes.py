@@ -12,7 +12,7 @@ from flask_login import current_user, login_required
 from app.extensions import db
 from app.i18n import COOKIE, COOKIE_SECONDS, LANGUAGES
 from app.main import bp
-from app.models import User, utcnow
+from app.models import Notification, User, utcnow
 from app.paging import paginate
 from app.responses import safe_next
 
@@ -78,6 +78,22 @@ def language():
     else:
         response.delete_cookie(COOKIE)
     return response
+
+
+@bp.route("/notifications/<int:notification_id>/dismiss", methods=["POST"])
+@login_required
+def dismiss_notification(notification_id: int):
+    """Dismiss one of the user's services' notifications: no page shows it again."""
+    kinds = list(current_app.extensions.get("service_kinds", {}))
+    db.session.execute(
+        sa.delete(Notification).where(
+            Notification.id == notification_id,
+            Notification.user_id == current_user.id,
+            Notification.name.in_(kinds),
+        )
+    )
+    db.session.commit()
+    return "", 204
 
 
 @bp.route("/favicon.ico")

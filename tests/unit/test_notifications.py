@@ -100,7 +100,7 @@ def test_notifications_since_returns_newer_ones_oldest_first(client, auth, users
     with app.app_context():
         bob = db.session.get(User, users["bob"])
         a = notify(bob, "announcement", "first")
-        b = notify(bob, "build_finished", {"x": [1, 2]})
+        b = notify(bob, "task_progress", {"task_id": "t", "progress": 5, "x": [1, 2]})
     auth.login("bob")
     body = client.get("/notifications?since=0").get_json()
     assert body == [a.to_dict(), b.to_dict()]
@@ -178,7 +178,7 @@ def test_flask_shell_knows_db_and_models(app):
 @pytest.mark.parametrize(
     ("name", "data", "message"),
     [
-        ("build_finished", "{}", None),
+        ("announcement", '{"x": [1, 2]}', None),
         ("deploy_done", "{}", "not a declared notification kind"),
         ("session_ended", '{"session": "x"}', "is reserved"),
         ("announcement", "1e999", "out of range"),

@@ -83,6 +83,55 @@
   window.tidingsToast = function (title, body, href) { showToast("toast:" + Math.random(), title, body, href); };
   window.tidingsDismissToasts = function (sender) { dismiss("from:" + sender); };
 
+  // Services' notifications (NOTIFICATION_KINDS_FILE): a toast from the kind's templates,
+  // filled from the data as text, that stays until dismissed; a tab opened later shows what
+  // is still stored. A link is followed only to this site or over https.
+  var services = { kinds: {}, pending: [] };
+  var servicesEl = document.getElementById("service_notifications");
+  try { services = JSON.parse(servicesEl.textContent) || services; } catch (e) { /* none */ }
+
+  function fillText(template, data) {
+    return String(template || "").replace(/\{(\w+)\}/g, function (all, field) {
+      var v = data[field];
+      return v === undefined || v === null ? "" : typeof v === "object" ? JSON.stringify(v) : String(v);
+    });
+  }
+
+  function fillLink(template, data) {
+    var href = String(template).replace(/\{(\w+)\}/g, function (all, field) {
+      var v = data[field];
+      return v === undefined || v === null ? "" : encodeURIComponent(String(v));
+    });
+    var url;
+    try { url = new URL(href, window.location.href); } catch (e) { return null; }
+    if (url.origin === window.location.origin) return url.pathname + url.search + url.hash;
+    return url.protocol === "https:" ? url.href : null;
+  }
+
+  function showService(n) {
+    var shown = services.kinds[n.name];
+    if (!shown || n.id === undefined || n.id === null) return;
+    var data = n.data && typeof n.data === "object" ? n.data : {};
+    var key = "service:" + n.id;
+    if (toasts[key]) return;
+    showToast(key, fillText(shown.title, data), fillText(shown.body, data), shown.link ? fillLink(shown.link, data) : null);
+    var t = toasts[key];
+    clearTimeout(t.timer); // stays until dismissed
+    t.el.setAttribute("data-kind", n.name);
+    t.el.querySelector(".btn-close").addEventListener("click", function () {
+      fetch("/notifications/" + encodeURIComponent(n.id) + "/dismiss", {
+        method: "POST",
+        headers: { "X-CSRFToken": servicesEl.getAttribute("data-csrf") },
+        credentials: "same-origin",
+      }).catch(function () {});
+    });
+  }
+
+  Object.keys(services.kinds).forEach(function (name) {
+    window.Tidings.on(name, function (n) { showService(n); });
+  });
+  (services.pending || []).forEach(showService);
+
   window.Tidings
     .on("unread_message_count", function (n) { set_message_count(n.data); })
     .on("new_message", function (n, live) {
