@@ -184,8 +184,8 @@ def on_job_failure(job, connection, exc_type, exc_value, tb) -> None:
 def on_work_horse_killed(job, retpid, ret_val, rusage) -> None:
     """RQ hook: the process running the job died (killed, out of memory): its task fails and
     its half-written export goes."""
-    if job.func_name == f"{__name__}.export_messages" and len(job.args) == 2:
-        user_id, task_id = job.args
+    if job.func_name == f"{__name__}.export_messages" and len(job.args) >= 2:
+        user_id, task_id = job.args[:2]  # (and the language, since exports have a title)
         export_path(get_app(), user_id, task_id).with_suffix(".part").unlink(missing_ok=True)
     mark_failed(job.id, f"the worker process running it died (status {ret_val})")
 

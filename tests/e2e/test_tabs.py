@@ -144,7 +144,7 @@ def test_at_phone_width_a_send_shows_a_count_without_opening_the_menu(make_user,
     mobile = page.locator("#message_count_mobile")
     expect(mobile).to_be_visible(timeout=1000)
     expect(mobile).to_have_text("1")
-    expect(page.locator("p [data-unread-count]")).to_have_text("1")  # the home page's own count
+    expect(page.locator("[data-unread-sentence]")).to_have_text("1 unread message")  # the home page's own
 
 
 def test_without_web_locks_and_broadcastchannel_every_tab_has_its_own_stream(
