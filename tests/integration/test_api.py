@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from harness.clients import WebUser
@@ -82,9 +83,9 @@ def test_keys_are_created_listed_and_revoked_from_the_cli(api_server):
     token = created.stdout.strip()
     assert token.startswith("tid_") and "\n" not in token, "the secret alone on stdout"
     assert flask(env, "keys", "create", "x", "--kinds", "no_such_kind").returncode != 0
-    assert flask(env, "keys", "create", "ci-bot", "--kinds", "build_finished").returncode != 0, "names are unique"
-    import httpx
-
+    assert flask(env, "keys", "create", "ci-bot", "--kinds", "build_finished").returncode != 0, (
+        "names are unique"
+    )
     body = {"to": "cliuser", "kind": "build_finished", "data": {"build": "1", "result": "ok"}}
     headers = {"Authorization": f"Bearer {token}"}
     assert httpx.post(f"{live.url}/api/v1/notifications", json=body, headers=headers).status_code == 201

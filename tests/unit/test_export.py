@@ -146,7 +146,9 @@ def test_one_card_per_export_saying_what_it_is_and_finished_ones_dismissible(cli
     assert client.post("/exports/t-running/dismiss").status_code == 404, "only its owner's"
 
 
-@pytest.mark.parametrize("language", [("en",), ()], ids=["as enqueued", "enqueued before exports had a title"])
+@pytest.mark.parametrize(
+    "language", [("en",), ()], ids=["as enqueued", "enqueued before exports had a title"]
+)
 def test_a_dead_work_horse_fails_the_task_and_its_half_written_file_goes(app, people, language):
     running_task(app, people["bob"], "t-dead", progress=40)
     partial = export_path(app, people["bob"], "t-dead").with_suffix(".part")
