@@ -157,7 +157,7 @@ def test_cli_notify_stores_and_publishes(runner, users, fake_redis, app):
     [
         (["notify", "nobody", "x", "1"], "no user named 'nobody'"),
         (["notify", "bob", "x", "{not json"], "not valid JSON"),
-        (["notify", "bob", "x", "NaN"], "not valid JSON"),
+        (["notify", "bob", "x", "NaN"], "NaN is not allowed"),
         (["notify", "bob", "bad\nname", "1"], "not a declared notification kind"),
     ],
 )
@@ -179,7 +179,7 @@ def test_flask_shell_knows_db_and_models(app):
     ("name", "data", "message"),
     [
         ("announcement", '{"x": [1, 2]}', None),
-        ("deploy_done", "{}", "not a declared notification kind"),
+        ("never_declared", "{}", "not a declared notification kind"),
         ("session_ended", '{"session": "x"}', "is reserved"),
         ("announcement", "1e999", "out of range"),
         ("announcement", "NaN", "not allowed"),
