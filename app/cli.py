@@ -63,13 +63,12 @@ def init_app(app: Flask) -> None:
         """Make key NAME; its secret is printed once, on a line of its own, and kept nowhere."""
         from app.api import keys
         from app.models import ApiKey
-        from app.notifications import tidings
 
         kind_names = [k.strip() for k in kinds.split(",") if k.strip()]
-        unknown = [k for k in kind_names if k not in tidings.kinds]
+        unknown = [k for k in kind_names if k not in current_app.extensions["service_kinds"]]
         if not kind_names or unknown:
             raise click.ClickException(
-                f"not declared kinds: {unknown or kinds!r} (see NOTIFICATION_KINDS_FILE)"
+                f"not kinds of NOTIFICATION_KINDS_FILE: {unknown or kinds!r} (site kinds are not for keys)"
             )
         if not 1 <= len(name) <= 64 or db.session.scalar(sa.select(ApiKey.id).where(ApiKey.name == name)):
             raise click.ClickException(f"a key needs a new name of 1 to 64 characters; {name!r} is not")

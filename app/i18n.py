@@ -7,7 +7,7 @@ the ``.po`` files are edited, the ``.mo`` files compiled from them (``make trans
 committed; ``tests/unit/test_i18n.py`` fails when one is missing a translation or is stale.
 
 Times are not formatted here: every time on a page is a ``<time datetime>`` in UTC that the
-page script shows in the browser's zone (``app/static/js/times.js``).
+page script shows in the browser's zone (``app/static/js/i18n.js``).
 """
 
 from __future__ import annotations
@@ -50,7 +50,12 @@ def select_locale() -> str:
     """Flask-Babel's locale selector: the saved choice, the cookie, the browser, English."""
     if not has_request_context():
         return DEFAULT
-    saved = getattr(current_user, "language", None) if current_user.is_authenticated else None
+    # /stream and /notifications never load the user (app/notifications.py): their few words
+    # (a refusal) follow the cookie and the browser.
+    if request.blueprint == "tidings":
+        saved = None
+    else:
+        saved = getattr(current_user, "language", None) if current_user.is_authenticated else None
     if saved in LANGUAGES:
         return saved
     cookie = request.cookies.get(COOKIE)

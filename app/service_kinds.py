@@ -13,6 +13,7 @@ A file that says anything else stops the app at start with the reason.
 from __future__ import annotations
 
 import json
+import re
 import string
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from flask import Flask
 from flask_tidings import Kind, Tidings
 
 FIELDS = {"per", "title", "body", "link"}
+KIND_NAME = r"[A-Za-z0-9_.:-]{1,64}"  # as the publish API takes it
 PENDING_SHOWN = 5  # the newest stored service notifications a page shows on load
 SHOWN_AS = "a toast from a service's template (NOTIFICATION_KINDS_FILE)"
 
@@ -68,6 +70,8 @@ def parse(raw: str, source: str = "the kinds file") -> list[ServiceKind]:
         raise KindsFileError(f"{source} must be a JSON object mapping each kind's name to its settings")
     kinds = []
     for name, settings in declared.items():
+        if not re.fullmatch(KIND_NAME, name):
+            raise KindsFileError(f"{name!r}: a kind's name is 1 to 64 letters, digits, '_', '.', ':' or '-'")
         if not isinstance(settings, dict) or "title" not in settings:
             raise KindsFileError(f"{name}: an object with at least a title")
         unknown = set(settings) - FIELDS

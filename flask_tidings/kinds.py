@@ -16,6 +16,8 @@ from typing import Any
 # A control message on a user's channel that closes one login's streams (or all of them):
 # never stored, never forwarded. Its data is {"session": session_tag(login)} or {"all": true}.
 SESSION_ENDED = "session_ended"
+# The longest ``per`` value kept as it is in a key (longer ones: their digest).
+KEY_VALUE_CHARS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,9 +34,14 @@ class Kind:
     per: str | None = None
 
     def key(self, data: Any) -> str:
-        """What a notification of this kind replaces in the user's store."""
+        """What a notification of this kind replaces in the user's store. A ``per`` value that
+        is long or not printable text (any sender's data) is kept apart by its digest, so the
+        key always fits the store's column."""
         if self.per and isinstance(data, dict) and data.get(self.per):
-            return f"{self.name}:{data[self.per]}"
+            value = str(data[self.per])
+            if len(value) > KEY_VALUE_CHARS or not value.isprintable():
+                value = "#" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+            return f"{self.name}:{value}"
         return self.name
 
 

@@ -107,7 +107,7 @@ def try_it(base: str, port: int) -> None:
     stream = conn.getresponse()
     if stream.status != 200:
         raise Failed(f"/stream answered {stream.status}: {stream.read(500)!r}")
-    if alice.submit("/send_message/bob", {"message": "hello from the smoke test"}) != 302:
+    if alice.submit("/messages/bob", {"message": "hello from the smoke test"}) != 302:
         raise Failed("sending a message did not redirect")
     deadline = time.monotonic() + 15
     event = None

@@ -193,7 +193,7 @@ def on_work_horse_killed(job, retpid, ret_val, rusage) -> None:
 def remove_expired_tasks(app: Flask) -> int:
     """Delete finished and failed tasks older than ``EXPORT_RETENTION_HOURS``: their rows, their
     export files and their stored ``task_progress`` notifications (so fresh tabs stop replaying
-    them). Returns how many went."""
+    them); and the publish API's idempotency records past their 24 h. Returns how many tasks went."""
     cutoff = utcnow() - timedelta(hours=app.config["EXPORT_RETENTION_HOURS"])
     with app.app_context():
         expired = db.session.scalars(
@@ -203,6 +203,15 @@ def remove_expired_tasks(app: Flask) -> int:
             export_path(app, task.user_id, task.id).unlink(missing_ok=True)
             tidings.forget(task.user_id, "task_progress", {"task_id": task.id})
             db.session.delete(task)
+        # The publish API's idempotency keys are kept 24 h (app/api/routes.py).
+        from app.api.routes import IDEMPOTENCY_HOURS
+        from app.models import IdempotentRequest
+
+        db.session.execute(
+            sa.delete(IdempotentRequest).where(
+                IdempotentRequest.created_at < utcnow() - timedelta(hours=IDEMPOTENCY_HOURS)
+            )
+        )
         db.session.commit()
         if expired:
             log.info("removed %d expired tasks and their exports", len(expired))

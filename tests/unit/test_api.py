@@ -137,7 +137,7 @@ def test_keys_are_limited_to_their_kinds_and_recipients(client, app, runner, key
     r = post(client, key, {"to": "alice", "kind": "unread_message_count", "data": 5})
     assert r.status_code == 403 and r.get_json()["field"] == "kind"
     r = post(client, key, {"to": "alice", "kind": "no_such_kind"})
-    assert r.status_code == 422 and "not a declared" in r.get_json()["error"]
+    assert r.status_code == 403 and "may not send" in r.get_json()["error"]
     out = runner.invoke(args=["keys", "create", "only-bob", "--kinds", "deploy_done", "--to", "bob"])
     narrow = out.stdout.strip().splitlines()[-1]
     r = post(client, narrow, {"to": ["bob", "carol"], "kind": "deploy_done", "data": {"service": "x"}})
@@ -262,3 +262,31 @@ def test_a_page_shows_stored_service_notifications_until_dismissed(client, app, 
         )["pending"]
         == []
     )
+
+
+def test_any_per_value_fits_the_store(client, app, key, people):
+    for value in ("x" * 5000, "nul\u0000byte", "line\nbreak", 12.5):
+        r = post(client, key, {**BUILD, "data": {"build": value}})
+        assert r.status_code == 201, r.get_data(as_text=True)
+    assert stored(app) == 4
+    assert post(client, key, {**BUILD, "data": {"build": "x" * 5000}}).status_code == 201
+    assert stored(app) == 4, "the same long value is the same key: it replaces"
+
+
+def test_keys_are_only_for_services_kinds(runner, app):
+    result = runner.invoke(args=["keys", "create", "faker", "--kinds", "new_message"])
+    assert result.exit_code != 0 and "site kinds are not for keys" in result.output
+
+
+def test_made_up_keys_are_limited_by_address_and_spend_no_real_key(client, app, key, people):
+    app.config["API_RATE"] = "2 per minute"
+    fake = "tid_" + key.split("_")[1] + "_" + "A" * 43  # a real key's prefix, a wrong secret
+    for _ in range(2):
+        assert post(client, fake, BUILD).status_code == 401
+    assert post(client, fake, BUILD).status_code == 429, "made-up keys share the address's limit"
+    assert post(client, key, BUILD).status_code == 201, "the real key's own count is untouched"
+
+
+def test_a_kind_name_the_api_cannot_take_is_refused_at_start():
+    with pytest.raises(KindsFileError, match="name"):
+        parse('{"a,b": {"title": "t"}}')

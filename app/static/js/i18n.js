@@ -8,9 +8,11 @@
   var lang = texts.lang || document.documentElement.lang || "en";
 
   function fill(template, vars) {
-    return String(template).replace(/%\((\w+)\)[sd]/g, function (all, name) {
+    // One pass: "%%" in the template is "%", and a filled-in value is never read again.
+    return String(template).replace(/%%|%\((\w+)\)[sd]/g, function (all, name) {
+      if (all === "%%") return "%";
       return vars && vars[name] !== undefined ? String(vars[name]) : all;
-    }).replace(/%%/g, "%");
+    });
   }
 
   var plural = window.Intl && Intl.PluralRules ? new Intl.PluralRules(lang) : null;

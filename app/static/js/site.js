@@ -68,7 +68,9 @@
     content.textContent = body;
     if (href) content.href = href;
     box.insertBefore(t.el, box.firstChild);
-    while (box.children.length > MAX_TOASTS) dismiss(box.lastChild.getAttribute("data-toast-key"));
+    // A few passing toasts at most; services' toasts stay until dismissed, apart from these.
+    var passing = box.querySelectorAll('.toast:not([data-toast-key^="service:"])');
+    for (var i = MAX_TOASTS; i < passing.length; i++) dismiss(passing[i].getAttribute("data-toast-key"));
     clearTimeout(t.timer);
     t.timer = setTimeout(function () { dismiss(key); }, TOAST_MS);
   }
