@@ -111,7 +111,6 @@ def page_texts() -> dict[str, Any]:
         "download": gettext("Download"),
         "failed": gettext("Failed"),
         "retry": gettext("Retry"),
-        "utc": gettext("UTC"),
     }
 
 

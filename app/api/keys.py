@@ -56,10 +56,3 @@ def note_use(key: ApiKey) -> None:
     now = utcnow()
     if key.last_used_at is None or now - key.last_used_at > _USE_RESOLUTION:
         key.last_used_at = now
-
-
-def prefix_of(authorization: str | None) -> str | None:
-    """The key prefix a header claims (for rate limits: counted per key, before the lookup)."""
-    scheme, _, token = (authorization or "").partition(" ")
-    match = TOKEN.fullmatch(token.strip()) if scheme.lower() == "bearer" else None
-    return match.group(1) if match else None
