@@ -23,6 +23,20 @@ def _int_env(name: str, default: int, minimum: int = 1) -> int:
     return value
 
 
+def _float_env(name: str, default: float, minimum: float = 0.1) -> float:
+    """Read a number of seconds (at least ``minimum``) from the environment."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise RuntimeError(f"{name} must be a number, got {raw!r}") from None
+    if not value >= minimum or value == float("inf"):
+        raise RuntimeError(f"{name} must be a number of seconds, at least {minimum}, got {raw}")
+    return value
+
+
 def _secret_key(instance_path: Path) -> str:
     """Return SECRET_KEY from the environment, or one generated once and kept in instance/."""
     key = os.environ.get("SECRET_KEY")
@@ -55,6 +69,7 @@ RATE_LIMITS = {
     "API_RATE": "600 per minute",  # publish API requests one service key makes
     "EXPORT_RATE": "10 per hour",  # exports one user starts
     "STREAM_RATE": "120 per minute",  # /stream connections one user opens
+    "PRESENCE_RATE": "120 per minute",  # "a tab is looking / no longer" changes one user's pages say
 }
 
 
@@ -80,6 +95,46 @@ def _public_url(production: bool) -> str | None:
 
 
 LOOPBACK = "127.0.0.1,::1"
+
+# The push services of the major browsers (Chrome, Edge, Firefox, Safari): a subscription must
+# point at one of these origins (``*.`` allows any subdomain).
+PUSH_SERVICES = (
+    "https://fcm.googleapis.com,https://updates.push.services.mozilla.com,"
+    "https://web.push.apple.com,https://*.notify.windows.com"
+)
+
+
+def push_origins(raw: str) -> tuple[str, ...]:
+    """``PUSH_ALLOWED_ORIGINS``: https origins (``https://host[:port]``, or ``https://*.domain``)."""
+    origins = []
+    for part in raw.split(","):
+        origin = part.strip().lower().rstrip("/")
+        if not origin:
+            continue
+        host = origin.removeprefix("https://")
+        if not origin.startswith("https://") or not host or "/" in host or "@" in host:
+            raise RuntimeError(f"PUSH_ALLOWED_ORIGINS: {part.strip()!r} is not an https origin")
+        origins.append(origin)
+    return tuple(origins)
+
+
+def vapid_subject(raw: str | None, public_url: str | None, sender: str) -> str:
+    """``VAPID_SUBJECT``: how a push service reaches the site's operator, a ``mailto:`` or
+    ``https:`` URL (Apple refuses others). Unset: ``PUBLIC_URL`` if https, else the mail sender."""
+    if raw:
+        subject = raw.strip()
+    elif public_url and public_url.startswith("https://"):
+        subject = public_url
+    else:
+        address = sender.rsplit("<", 1)[-1].rstrip(">").strip()
+        subject = f"mailto:{address}"
+    if subject.startswith("mailto:"):
+        local, _, domain = subject.removeprefix("mailto:").partition("@")
+        if local and domain and " " not in subject:
+            return subject
+    elif subject.startswith("https://") and len(subject) > len("https://") and " " not in subject:
+        return subject
+    raise RuntimeError(f"VAPID_SUBJECT must be a mailto: or https: URL, got {subject!r}")
 
 
 def proxy_networks(raw: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -150,6 +205,9 @@ def load_config(instance_path: str) -> dict:
         "TIDINGS_MAX_STREAMS_PER_WORKER": _int_env("MAX_STREAMS_PER_WORKER", 0),
         # Open streams one user may hold across every worker and host (0: no cap); beyond: 429.
         "TIDINGS_MAX_STREAMS_PER_USER": _int_env("MAX_STREAMS_PER_USER", 32, minimum=0),
+        # Each worker writes who has a stream open, and who is looking, this often; a user stays
+        # "online" 2.5 times as long after their last stream closes (or their host dies).
+        "TIDINGS_PRESENCE_SECONDS": _float_env("PRESENCE_INTERVAL_SECONDS", 10.0),
         # Kinds services may send through the publish API, with how each is shown (app/service_kinds.py).
         "NOTIFICATION_KINDS_FILE": os.environ.get("NOTIFICATION_KINDS_FILE") or None,
         "MESSAGES_PER_PAGE": _int_env("MESSAGES_PER_PAGE", 25),
@@ -213,6 +271,20 @@ def load_config(instance_path: str) -> dict:
         # How long a password-reset link works (it also stops once used).
         "RESET_TOKEN_SECONDS": _int_env("RESET_TOKEN_SECONDS", 1800),
         "RESET_RATE": os.environ.get("RESET_RATE") or "5 per hour",
+        # Web Push (app/push/, docs/push.md): the site's VAPID key (else made once in instance/),
+        # the address push services may write to, the push services subscriptions may point at,
+        # how long a pushable notification waits (unread, no tab looking) before it is pushed,
+        # how long a push service keeps it for a device that is off, and how long it may take.
+        "VAPID_PRIVATE_KEY": os.environ.get("VAPID_PRIVATE_KEY") or None,
+        "VAPID_SUBJECT": vapid_subject(
+            os.environ.get("VAPID_SUBJECT"),
+            _public_url(production),
+            os.environ.get("MAIL_DEFAULT_SENDER") or "Tidings <noreply@localhost>",
+        ),
+        "PUSH_ALLOWED_ORIGINS": push_origins(os.environ.get("PUSH_ALLOWED_ORIGINS") or PUSH_SERVICES),
+        "PUSH_DELAY_SECONDS": _float_env("PUSH_DELAY_SECONDS", 10.0, minimum=0),
+        "PUSH_TTL_SECONDS": _int_env("PUSH_TTL_SECONDS", 86400, minimum=0),
+        "PUSH_TIMEOUT_SECONDS": _float_env("PUSH_TIMEOUT_SECONDS", 10.0, minimum=0.5),
         # A bearer token that opens /metrics to other hosts (localhost may always read it).
         "METRICS_TOKEN": os.environ.get("METRICS_TOKEN") or None,
     }

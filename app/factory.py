@@ -44,9 +44,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from flask_tidings import SQLAlchemyStore
 
     tidings.init_app(app, store=SQLAlchemyStore(db, Notification, lock_rows_of=User))
+    # Its one POST (/presence) checks the page script's token itself (presence_decorators).
+    csrf.exempt(tidings.blueprint)
     service_kinds.init_app(app, tidings)
 
-    from app import api, auth, errors, main, messages, ops, security
+    from app import api, auth, errors, main, messages, ops, push, security
 
     app.register_blueprint(errors.bp)
     app.register_blueprint(auth.bp)
@@ -54,6 +56,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(messages.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(api.bp)
+    push.init_app(app)
     security.init_app(app)
 
     from app import cli, metrics

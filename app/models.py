@@ -260,6 +260,32 @@ class ApiKey(db.Model):
         return [r for r in self.recipients.split(",") if r] if self.recipients else None
 
 
+PUSH_ENDPOINT_MAX = 1024
+
+
+class PushSubscription(db.Model):
+    """One device's Web Push subscription (app/push/): where its push service takes pushes for
+    it, and the keys to encrypt them with. It belongs to the login it was made in: logging that
+    browser out (or everywhere) removes it; ``language`` is the page's when it subscribed."""
+
+    __tablename__ = "push_subscription"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    user_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey(User.id), index=True)
+    login_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey(Login.id), index=True)
+    endpoint: so.Mapped[str] = so.mapped_column(sa.String(PUSH_ENDPOINT_MAX), unique=True)
+    p256dh: so.Mapped[str] = so.mapped_column(sa.String(128))
+    auth: so.Mapped[str] = so.mapped_column(sa.String(64))
+    language: so.Mapped[str | None] = so.mapped_column(sa.String(16))
+    user_agent: so.Mapped[str] = so.mapped_column(sa.String(256), default="")
+    created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime(), default=utcnow)
+    last_push_at: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime())
+
+    def info(self) -> dict[str, Any]:
+        """As the browser gave it (``PushSubscription.toJSON()``): what pywebpush sends to."""
+        return {"endpoint": self.endpoint, "keys": {"p256dh": self.p256dh, "auth": self.auth}}
+
+
 class IdempotentRequest(db.Model):
     """A publish made with an ``Idempotency-Key``: a repeat (same key, same idempotency key,
     within 24 h) gets this answer again and stores nothing. The unique pair makes a racing

@@ -21,11 +21,17 @@ from flask_login import current_user
 from app.limits import limiter, per_user, setting
 from app.login_session import session_login
 from app.models import open_logins, user_id_of_login
+from app.security import script_csrf
 from flask_tidings import Identity, Kind, Tidings
 
 KINDS = [
     Kind("unread_message_count", "the navbar badge and every count on the page (data: int)"),
-    Kind("new_message", "a toast per sender, opening the conversation (data: message_id, sender, preview)"),
+    Kind(
+        "new_message",
+        "a toast per sender, opening the conversation (data: message_id, sender, preview); "
+        "pushed to a user with no tab looking (app/push/)",
+        push=True,
+    ),
     Kind(
         "conversation",
         "a row of the conversation list; new messages in an open conversation "
@@ -36,7 +42,7 @@ KINDS = [
     # Published, never stored (tidings.publish): gone with the moment.
     Kind("typing", '"alice is typing…" in the open conversation (data: from)'),
     Kind("task_progress", "the task's progress bar; a download link at 100", per="task_id"),
-    Kind("announcement", "a toast with the text (data: str)"),
+    Kind("announcement", "a toast with the text (data: str); pushed like a message", push=True),
 ]
 
 
@@ -53,6 +59,16 @@ tidings = Tidings(
             key_func=_per_stream_user,
             error_message=lambda: gettext("too many stream connections; slow down"),
         )
+    ],
+    # The page script's POST /presence: its token in X-CSRFToken (the blueprint is exempt from
+    # CSRFProtect, app/factory.py), at most PRESENCE_RATE per user.
+    presence_decorators=[
+        script_csrf,
+        limiter.limit(
+            setting("PRESENCE_RATE"),
+            key_func=_per_stream_user,
+            error_message=lambda: gettext("too many presence changes; slow down"),
+        ),
     ],
 )
 

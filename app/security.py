@@ -1,5 +1,5 @@
 """Security headers on every response (flask-talisman), no caching of private pages, proxy headers,
-and the signed-cookie sessions.
+the signed-cookie sessions, and the CSRF check of the page scripts' requests.
 
 Talisman writes the CSP (``script-src 'self'``: the pages carry no inline script or style),
 ``frame-ancestors 'none'`` with ``X-Frame-Options: DENY``, ``X-Content-Type-Options: nosniff``
@@ -9,13 +9,16 @@ proxy in front (deploy/nginx/), which does both, and ``make run`` serves plain H
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, request
 from flask.sessions import SecureCookieSessionInterface
 from flask_talisman import Talisman
+from flask_wtf.csrf import CSRFError, validate_csrf
 from itsdangerous import URLSafeTimedSerializer
 from werkzeug.middleware.proxy_fix import ProxyFix
+from wtforms import ValidationError
 
 CONTENT_SECURITY_POLICY = {
     "default-src": "'self'",
@@ -105,3 +108,31 @@ def _no_store(response: Response) -> Response:
     if request.endpoint not in _CACHEABLE_ENDPOINTS and "Cache-Control" not in response.headers:
         response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def login_lifetime_seconds() -> int:
+    """How long a login can live (``LOGIN_ABSOLUTE_DAYS``): the CSRF token of a page's script
+    lasts as long, so a page left open never meets "the form expired"."""
+    return current_app.config["LOGIN_ABSOLUTE_DAYS"] * 86400
+
+
+def check_script_csrf() -> None:
+    """A page script's POST or DELETE carries the page's token in ``X-CSRFToken`` (exempt from
+    CSRFProtect, whose tokens last ``CSRF_TIME_LIMIT_SECONDS``); CSRFError (400) if it is wrong."""
+    if not current_app.config.get("WTF_CSRF_ENABLED", True):
+        return
+    try:
+        validate_csrf(request.headers.get("X-CSRFToken"), time_limit=login_lifetime_seconds())
+    except ValidationError as exc:
+        raise CSRFError(exc.args[0]) from exc
+
+
+def script_csrf(view):
+    """Decorator: ``check_script_csrf()`` before the view."""
+
+    @functools.wraps(view)
+    def checked(*args, **kwargs):
+        check_script_csrf()
+        return view(*args, **kwargs)
+
+    return checked

@@ -13,12 +13,12 @@ LINK_REL = "noopener nofollow ugc"
 PREVIEW_CHARS = 60
 
 
-def preview(body: str) -> str:
-    """The first words of a message on one line, for toasts and the conversation list."""
+def preview(body: str, chars: int = PREVIEW_CHARS) -> str:
+    """The first words of a message on one line, for toasts, the conversation list and pushes."""
     flat = " ".join(body.split())
-    if len(flat) <= PREVIEW_CHARS:
+    if len(flat) <= chars:
         return flat
-    return flat[:PREVIEW_CHARS].rsplit(" ", 1)[0] + "…"
+    return flat[:chars].rsplit(" ", 1)[0] + "…"
 
 
 def linkify(body: str) -> Markup:

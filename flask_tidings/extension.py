@@ -22,7 +22,8 @@ from redis.retry import Retry
 
 from flask_tidings import telemetry
 from flask_tidings.events import MAX_MESSAGE_BYTES, Event, channel_for
-from flask_tidings.kinds import SESSION_ENDED, Kind, Kinds, NotificationRefused, session_tag
+from flask_tidings.kinds import SESSION_ENDED, SESSION_LOOKING, Kind, Kinds, NotificationRefused, session_tag
+from flask_tidings.presence import MemoryPresence, Presence, UserPresence
 from flask_tidings.store import Store
 from flask_tidings.tally import FailureTally
 
@@ -40,6 +41,8 @@ DEFAULTS: dict[str, Any] = {
     "TIDINGS_MAX_STREAMS_PER_WORKER": 0,
     "TIDINGS_MAX_STREAMS_PER_USER": 32,
     "TIDINGS_HUB_PING_SECONDS": 10.0,
+    # Each worker vouches for its users' presence this often; a user counts 2.5 times as long.
+    "TIDINGS_PRESENCE_SECONDS": 10.0,
 }
 
 
@@ -71,8 +74,9 @@ class Tidings:
     ``/stream`` delivers them as Server-Sent Events, and the page script shows them.
 
     ``kinds``: the notification kinds the app declares (more with ``kind()``). ``store``: where
-    notifications are kept (``SQLAlchemyStore``). ``stream_decorators``: applied to the
-    ``/stream`` view, innermost first, as Flask's ``View.decorators`` (e.g. a rate limit).
+    notifications are kept (``SQLAlchemyStore``). ``stream_decorators`` and
+    ``presence_decorators``: applied to the ``/stream`` and ``POST /presence`` views, innermost
+    first, as Flask's ``View.decorators`` (e.g. a rate limit).
     """
 
     def __init__(
@@ -82,10 +86,13 @@ class Tidings:
         kinds: Iterable[Kind] = (),
         store: Store | None = None,
         stream_decorators: Iterable[Callable] = (),
+        presence_decorators: Iterable[Callable] = (),
     ) -> None:
         self.kinds = Kinds(kinds)
         self.store = store
         self.stream_decorators = list(stream_decorators)
+        self.presence_decorators = list(presence_decorators)
+        self._pushable: list[Callable[[int, Event], None]] = []
         self._identity: Callable[[], Identity | None] = flask_login_identity
         self._logins_open: Callable[[Collection[str]], set[str]] = set
         self._blueprint = None
@@ -113,9 +120,18 @@ class Tidings:
         app.context_processor(lambda: {"tidings": _TemplateHelper(self)})
         succession.receive(CARRIED, lambda items: state.streams.carry_in(items))
 
-    def kind(self, name: str, *, per: str | None = None, shown_as: str = "") -> Kind:
+    def kind(self, name: str, *, per: str | None = None, shown_as: str = "", push: bool = False) -> Kind:
         """Declare a notification kind (see ``Kind``)."""
-        return self.kinds.add(Kind(name, shown_as=shown_as, per=per))
+        return self.kinds.add(Kind(name, shown_as=shown_as, per=per, push=push))
+
+    def on_pushable(self, callback: Callable[[int, Event], None]) -> Callable[[int, Event], None]:
+        """Decorator: ``callback(user_id, event)`` runs after the commit that stored a notification
+        of a kind declared with ``push=True`` (after it was published). It decides whether and
+        when to reach the person outside the page, e.g. by queueing a job that pushes if they
+        have not seen it by then (``is_looking``); it must not block, and what it raises is
+        logged, never the caller's."""
+        self._pushable.append(callback)
+        return callback
 
     def identity_loader(self, loader: Callable[[], Identity | None]) -> Callable[[], Identity | None]:
         """Decorator: the function that says who the current request is (an ``Identity``, or None
@@ -235,6 +251,37 @@ class Tidings:
         finally:
             pubsub.close()
 
+    # -- presence ----------------------------------------------------------------------
+
+    def presence_of(self, users: Iterable[Any]) -> dict[int, UserPresence]:
+        """Each user's presence (by id): connected on any worker or host, looking (a tab of
+        theirs is visible), and when last connected (Unix seconds, or None). One round trip."""
+        return _state().presence.of(_user_id(u) for u in users)
+
+    def is_online(self, user: Any) -> bool:
+        """Whether ``user`` has a stream open on any worker or host (within the presence TTL)."""
+        return self.presence_of([user])[_user_id(user)].online
+
+    def is_looking(self, user: Any) -> bool:
+        """Whether a tab of ``user``'s is visible now, on any device."""
+        return self.presence_of([user])[_user_id(user)].looking
+
+    def last_seen(self, user: Any) -> float | None:
+        """When ``user`` last had a stream open (Unix seconds; now while they do), or None."""
+        return self.presence_of([user])[_user_id(user)].last_seen
+
+    def presence_counts(self) -> tuple[int, int]:
+        """How many users are connected, and how many looking, across every worker and host."""
+        return _state().presence.counts()
+
+    def set_looking(self, identity: Identity, looking: bool) -> bool:
+        """Mark the streams of ``identity``'s login as looking or not, on whichever worker holds
+        them (``POST /presence`` calls it). False when Redis cannot be reached."""
+        data = {"session": session_tag(identity.login or ""), "looking": bool(looking)}
+        return _state().publish(
+            identity.user_id, Event(name=SESSION_LOOKING, data=data, timestamp=time.time())
+        )
+
     # -- this process ----------------------------------------------------------------
 
     @property
@@ -304,10 +351,19 @@ def _state(app: Flask | None = None) -> _State:
 
 
 def _publish_stored(user_id: int, event: Event) -> None:
-    """After a commit: publish a stored notification (the store's ``on_commit``)."""
+    """After a commit: publish a stored notification (the store's ``on_commit``), then hand a
+    pushable one to the app's ``on_pushable`` callbacks."""
     started = time.perf_counter()
-    if _state().publish(user_id, event):
+    state = _state()
+    if state.publish(user_id, event):
         telemetry.COMMIT_TO_PUBLISH.observe(time.perf_counter() - started)
+    kind = state.ext.kinds.get(event.name)
+    if kind is not None and kind.push:
+        for callback in state.ext._pushable:
+            try:
+                callback(user_id, event)
+            except Exception:  # the notification is stored and published: never the sender's error
+                log.exception("the on_pushable callback %s failed", getattr(callback, "__name__", callback))
 
 
 class _TemplateHelper:
@@ -330,6 +386,7 @@ class _TemplateHelper:
         values = {
             "data-stream-url": url_for("tidings.stream"),
             "data-poll-url": url_for("tidings.notifications"),
+            "data-presence-url": url_for("tidings.presence"),
             "data-login-url": state.login_url(),
             "data-last-event-id": "0" if replay else str(self._ext.latest_id(who.user_id)),
             "data-event-kinds": json.dumps(self._ext.kinds.for_page(), separators=(",", ":")),
@@ -364,11 +421,13 @@ class _State:
         self._redis: redis.Redis | None = None
         self._hub = None
         self._streams = None
+        self._presence: Presence | None = None
         self.publish_failures = FailureTally(log, "publish to Redis")
 
     def _forked(self) -> None:
         if self._pid != os.getpid():
             self._pid, self._redis, self._hub, self._streams = os.getpid(), None, None, None
+            self._presence = None
             self.publish_failures = FailureTally(log, "publish to Redis")
 
     def login_url(self) -> str:
@@ -412,6 +471,7 @@ class _State:
     def redis(self, client: redis.Redis) -> None:
         self._forked()
         self._redis = client
+        self._presence = None
 
     def publish(self, user_id: int, event: Event) -> bool:
         """PUBLISH (SPUBLISH on a cluster) on the user's channel; False, and a summed-up warning,
@@ -432,6 +492,17 @@ class _State:
             return False
         self.publish_failures.succeeded()
         return True
+
+    @property
+    def presence(self) -> Presence:
+        self._forked()
+        if self._presence is None:
+            interval = float(self.app.config["TIDINGS_PRESENCE_SECONDS"])
+            if self.in_memory:
+                self._presence = MemoryPresence.named(self.redis_url, interval)
+            else:
+                self._presence = Presence(self.redis, interval)
+        return self._presence
 
     @property
     def hub(self):
@@ -482,6 +553,7 @@ class _State:
                 drain_retry_ms=int(config["TIDINGS_DRAIN_RETRY_MS"]),
                 handoff_seconds=float(config["TIDINGS_HANDOFF_SECONDS"]),
                 open_logins=logins,
+                presence=self.presence,
             )
         return self._streams
 

@@ -3,7 +3,8 @@
 A backend (``hub.Hub`` for one Redis, ``shards.ShardedHub`` for a cluster, ``memory.MemoryHub``
 for tests) owns the connection and the channel subscriptions; it hands every message it reads
 to ``Fanout.dispatch``, which parses it once, acts on control messages (``session_ended``
-closes one login's streams or all of a user's) and offers the event to each of that user's
+closes one login's streams or all of a user's; ``session_looking`` marks one login's streams
+as looking or not, for presence.py) and offers the event to each of that user's
 ``Subscription``s. The fan-out keeps the reference counts that tell the backend when a user's
 channel must be subscribed (their first stream) and unsubscribed (their last).
 """
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 
 from flask_tidings import telemetry
 from flask_tidings.events import Event, user_id_from_channel
-from flask_tidings.kinds import SESSION_ENDED, session_tag
+from flask_tidings.kinds import SESSION_ENDED, SESSION_LOOKING, session_tag
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,13 @@ class Subscription:
 
     While the stream is being opened (the store is read, the replay written) events wait
     in a mailbox that keeps the latest per key; once a ``sink`` is attached they go
-    straight to it. A sink has ``send_event(event)``, ``reread()`` and ``close()``.
+    straight to it. A sink has ``send_event(event)``, ``reread()``, ``looking_changed()`` and
+    ``close()``.
     """
 
     MAX_PENDING = 64
 
-    __slots__ = ("user_id", "login", "session_tag", "needs_reread", "closed", "_mailbox", "_sink")
+    __slots__ = ("user_id", "login", "session_tag", "needs_reread", "closed", "looking", "_mailbox", "_sink")
 
     def __init__(self, user_id: int, session: str | None) -> None:
         self.user_id = user_id
@@ -66,6 +68,7 @@ class Subscription:
         self.session_tag = session_tag(session) if session else None
         self.needs_reread = False
         self.closed = False
+        self.looking = False  # a tab of this stream's browser is visible (presence.py)
         self._mailbox: dict[str, Event] = {}
         self._sink: Any = None
 
@@ -88,6 +91,13 @@ class Subscription:
             self._sink.reread()
         else:
             self.needs_reread = True
+
+    def set_looking(self, looking: bool) -> None:
+        """Whether a tab of this stream is visible; its sink learns of a change."""
+        if looking != self.looking:
+            self.looking = looking
+            if self._sink is not None:
+                self._sink.looking_changed()
 
     def close(self) -> None:
         """End the stream (now, or as soon as it is attached)."""
@@ -210,6 +220,13 @@ class Fanout:
                 self.close_user(user_id)
             elif isinstance(data.get("session"), str):
                 self.close_session(user_id, data["session"])
+            return
+        if event.name == SESSION_LOOKING:
+            data = event.data if isinstance(event.data, dict) else {}
+            if isinstance(data.get("session"), str) and isinstance(data.get("looking"), bool):
+                for sub in self.streams_of(user_id):
+                    if sub.session_tag == data["session"]:
+                        sub.set_looking(data["looking"])
             return
         telemetry.DELIVERIES.inc(len(subs))
         for sub in list(subs):

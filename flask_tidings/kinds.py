@@ -16,6 +16,10 @@ from typing import Any
 # A control message on a user's channel that closes one login's streams (or all of them):
 # never stored, never forwarded. Its data is {"session": session_tag(login)} or {"all": true}.
 SESSION_ENDED = "session_ended"
+# A control message saying whether one login's tab is looking (presence.py): never stored, never
+# forwarded. Its data is {"session": session_tag(login), "looking": bool}.
+SESSION_LOOKING = "session_looking"
+RESERVED = (SESSION_ENDED, SESSION_LOOKING)
 # The longest ``per`` value kept as it is in a key (longer ones: their digest).
 KEY_VALUE_CHARS = 100
 
@@ -26,12 +30,14 @@ class Kind:
 
     ``per`` names the data field that tells several notifications of this kind apart (each
     kept in the store, e.g. one progress per task), or None: a new one replaces the last.
-    ``shown_as`` says, for the reader of the code, what the page does with it.
+    ``shown_as`` says, for the reader of the code, what the page does with it. ``push``: it may
+    reach a person with no tab looking (``Tidings.on_pushable``, docs/push.md).
     """
 
     name: str
     shown_as: str = ""
     per: str | None = None
+    push: bool = False
 
     def key(self, data: Any) -> str:
         """What a notification of this kind replaces in the user's store. A ``per`` value that
@@ -65,8 +71,8 @@ class Kinds:
 
     def add(self, kind: Kind) -> Kind:
         """Declare ``kind``; ValueError for the reserved name or a name that could not be an SSE event."""
-        if kind.name == SESSION_ENDED:
-            raise ValueError(f"{SESSION_ENDED!r} is reserved")
+        if kind.name in RESERVED:
+            raise ValueError(f"{kind.name!r} is reserved")
         if not kind.name or not kind.name.isprintable() or " " in kind.name:
             raise ValueError(f"{kind.name!r} cannot name an event (one printable word)")
         self._by_name[kind.name] = kind
@@ -83,9 +89,9 @@ class Kinds:
 
     def declared(self, name: str) -> Kind:
         """The kind called ``name``; NotificationRefused (saying what is allowed) otherwise."""
-        if name == SESSION_ENDED:
+        if name in RESERVED:
             raise NotificationRefused(
-                f"{name!r} is reserved: it closes a login's streams and is never stored"
+                f"{name!r} is reserved: it steers a login's streams and is never stored"
             )
         try:
             return self._by_name[name]
@@ -93,6 +99,10 @@ class Kinds:
             raise NotificationRefused(
                 f"{name!r} is not a declared notification kind (declared: {', '.join(self._by_name)})"
             ) from None
+
+    def get(self, name: str) -> Kind | None:
+        """The kind called ``name``, or None."""
+        return self._by_name.get(name)
 
     def key_of(self, name: str, data: Any) -> str:
         """The store key of a notification, declared or not (operators may publish other names)."""

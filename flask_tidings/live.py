@@ -41,6 +41,7 @@ from flask_tidings.caps import StreamCap
 from flask_tidings.events import Event
 from flask_tidings.fanout import PubSub, Subscription
 from flask_tidings.fences import raw_socket
+from flask_tidings.presence import Presence
 from flask_tidings.succession import PACKET_FDS, Successors
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,10 @@ class LiveStream:
         """Re-read the store (soon, from another greenlet) and send what is new."""
         self._streams.reread(self)
 
+    def looking_changed(self) -> None:
+        """A tab of this stream became visible, or stopped being (presence.py)."""
+        self._streams.looking_changed(self)
+
     def write(self, data: bytes) -> None:
         """Send ``data`` now, or queue what the socket does not take yet."""
         if self.closed or self.leaving:
@@ -205,7 +210,13 @@ class LiveStream:
     def state(self) -> dict:
         """Everything a successor needs besides the socket (succession.py)."""
         sub = self.sub
-        return {"user": sub.user_id, "login": sub.login, "lease": self.lease, "unseen": self.unseen.state()}
+        return {
+            "user": sub.user_id,
+            "login": sub.login,
+            "lease": self.lease,
+            "unseen": self.unseen.state(),
+            "looking": sub.looking,
+        }
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -268,11 +279,12 @@ class LiveStream:
 
 
 class Streams:
-    """This process's open streams: adoption, heartbeats, store re-reads and release.
+    """This process's open streams: adoption, heartbeats, store re-reads, presence and release.
 
-    One housekeeping greenlet releases closed streams' subscriptions and starts store
-    re-reads (one query per user, a few at a time); another writes the keepalive comments,
-    walking only the streams whose last write is old enough.
+    One housekeeping greenlet releases closed streams' subscriptions, starts store re-reads
+    (one query per user, a few at a time) and writes presence changes; another writes the
+    keepalive comments, walking only the streams whose last write is old enough; a third
+    vouches for this worker's users in ``presence`` every interval (presence.py).
     """
 
     def __init__(
@@ -288,6 +300,7 @@ class Streams:
         open_logins: Callable[[Collection[str]], set[str]] | None = None,
         max_queued: int = 256 * 1024,
         reread_concurrency: int = 4,
+        presence: Presence | None = None,
     ) -> None:
         """``open_logins(tokens)``: those of ``tokens`` not revoked (checked for carried streams)."""
         self.hub = hub
@@ -300,6 +313,10 @@ class Streams:
         self.capacity = capacity or default_capacity()
         self.max_queued = max_queued
         self._read_store = read_store
+        self.presence = presence
+        # The streams whose tab is looking, by user; users whose looking changed, to write.
+        self._looking: dict[int, set[LiveStream]] = {}
+        self._looking_changes: set[int] = set()
         # Every open stream, least recently written first (for the heartbeat).
         self._by_write: OrderedDict[LiveStream, None] = OrderedDict()
         self._released: list[tuple[Subscription, str | None]] = []
@@ -334,6 +351,8 @@ class Streams:
         except BaseException:
             stream.close()
             raise
+        if sub.looking:
+            self.looking_changed(stream)
         if sub.closed:
             stream.close()
         elif sub.needs_reread:
@@ -420,6 +439,7 @@ class Streams:
             try:
                 unseen = Unseen.restore(state["unseen"])
                 user_id, login, lease = int(state["user"]), state["login"], state["lease"]
+                looking = state.get("looking") is True
             except (KeyError, ValueError, TypeError, AttributeError) as exc:
                 log.warning("could not adopt a carried stream (%r); its browser reconnects", exc)
                 os.close(fd)
@@ -434,6 +454,7 @@ class Streams:
                 log.exception("could not subscribe a carried stream; its browser reconnects")
                 os.close(fd)
                 return
+            sub.looking = looking
             try:
                 stream = self.adopt(sub, fd, unseen, b"", lease)  # closes fd itself if it fails
             except Exception:
@@ -481,7 +502,25 @@ class Streams:
             del self._by_write[stream]
             telemetry.STREAMS_OPEN.dec()
         self._released.append((stream.sub, stream.lease))
+        if stream in self._looking.get(stream.sub.user_id, ()) and not stream.leaving:
+            stream.sub.looking = False
+            self.looking_changed(stream)
         self._work.set()
+
+    def looking_changed(self, stream: LiveStream) -> None:
+        """Note whether ``stream``'s tab looks; the user's change is written soon, once."""
+        user_id = stream.sub.user_id
+        mine = self._looking.setdefault(user_id, set())
+        was = bool(mine)
+        if stream.sub.looking and not stream.closed:
+            mine.add(stream)
+        else:
+            mine.discard(stream)
+        if not mine:
+            del self._looking[user_id]
+        if was != bool(mine) or stream.sub.looking:
+            self._looking_changes.add(user_id)
+            self._work.set()
 
     def reread(self, stream: LiveStream) -> None:
         self._rereads.setdefault(stream.sub.user_id, set()).add(stream)
@@ -492,6 +531,8 @@ class Streams:
     def _start(self) -> None:
         if not self._greenlets:
             self._greenlets = [gevent.spawn(self._housekeep), gevent.spawn(self._beat)]
+            if self.presence is not None:
+                self._greenlets.append(gevent.spawn(self._vouch))
             if self.cap is not None and self.cap.limit:
                 self._greenlets.append(gevent.spawn(self._renew_leases))
 
@@ -520,6 +561,30 @@ class Streams:
             rereads, self._rereads = self._rereads, {}
             for user_id, streams in rereads.items():
                 self._pool.spawn(self._reread_user, user_id, streams)
+            changes, self._looking_changes = self._looking_changes, set()
+            for user_id in changes if self.presence is not None else ():
+                try:
+                    self.presence.mark_looking(user_id, user_id in self._looking)
+                except Exception as exc:  # the next vouching writes it again
+                    log.warning("could not write user %s's presence: %s", user_id, exc)
+
+    def _vouch(self) -> None:
+        """Every interval, one write of this worker's users: connected, and those looking."""
+        failed = False
+        while True:
+            connected = {stream.sub.user_id for stream in self._by_write}
+            try:
+                self.presence.refresh(connected, list(self._looking))
+                if failed:
+                    log.info("presence written again")
+                failed = False
+            except Exception as exc:  # Redis away: said once, retried next interval
+                if not failed:
+                    log.warning(
+                        "could not write presence (retrying every %.0f s): %s", self.presence.interval, exc
+                    )
+                failed = True
+            gevent.sleep(self.presence.interval)
 
     def _reread_user(self, user_id: int, streams: set[LiveStream]) -> None:
         open_streams = [s for s in streams if not s.closed]

@@ -1,4 +1,5 @@
-"""The ``tidings`` blueprint: ``GET /stream`` (Server-Sent Events) and ``GET /notifications?since=``."""
+"""The ``tidings`` blueprint: ``GET /stream`` (Server-Sent Events), ``GET /notifications?since=``
+and ``POST /presence`` (whether the browser's tabs are looking)."""
 
 from __future__ import annotations
 
@@ -79,10 +80,26 @@ def make_blueprint(tidings: Tidings) -> Blueprint:
             return refusal
         return opening.response()
 
+    def presence():
+        """``{"looking": true|false}``: whether a tab of this login's browser is visible. The
+        leader tab says so on each change (debounced) and whenever its stream (re)opens."""
+        who = tidings.current_identity()
+        if who is None:
+            return json_error(401, "log in to say you are here")
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or not isinstance(body.get("looking"), bool):
+            return json_error(400, 'the body must be JSON: {"looking": true} or {"looking": false}')
+        if not tidings.set_looking(who, body["looking"]):
+            return json_error(503, "presence is unavailable for a moment")
+        return "", 204
+
     bp.teardown_request(give_back_unopened)
     for decorate in tidings.stream_decorators:
         stream = decorate(stream)
+    for decorate in tidings.presence_decorators:
+        presence = decorate(presence)
     bp.add_url_rule("/stream", "stream", stream)
+    bp.add_url_rule("/presence", "presence", presence, methods=["POST"])
     return bp
 
 

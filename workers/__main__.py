@@ -77,7 +77,9 @@ def main() -> None:
     queue = Queue(config["TASK_QUEUE"], connection=connection)
     worker = build_worker(queue, f"tidings-{socket.gethostname()}-{os.getpid()}")
     log.info("worker %s listening on queue %s at %s", worker.name, queue.name, config["QUEUE_REDIS_URL"])
-    worker.work(logging_level="INFO")
+    # The scheduler (one per queue, whichever worker holds its lock) enqueues what is due:
+    # pushes wait PUSH_DELAY_SECONDS, and retries their backoff.
+    worker.work(logging_level="INFO", with_scheduler=True)
 
 
 if __name__ == "__main__":

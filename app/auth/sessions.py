@@ -1,8 +1,8 @@
 """Logins that can be revoked: each one a ``Login`` row whose token the cookies carry.
 
 Logging out revokes the login in the database, so its session cookie and its remember-me
-cookie stop working at once everywhere (copies included), and closes that login's open
-streams through flask_tidings (``tidings.end_login``).
+cookie stop working at once everywhere (copies included), removes the push subscriptions made
+in it, and closes that login's open streams through flask_tidings (``tidings.end_login``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from app.extensions import db
 from app.models import Login, User, utcnow
 from app.notifications import tidings
+from app.push import subscriptions
 
 
 def start_login(user: User) -> str:
@@ -40,9 +41,11 @@ def end_every_login(user: User) -> int:
 
 
 def _revoke(user: User, tokens: list[str]) -> None:
+    """The logins end, their devices get no more pushes, and their streams close."""
     db.session.execute(
         sa.update(Login).where(Login.user_id == user.id, Login.token.in_(tokens)).values(revoked_at=utcnow())
     )
+    subscriptions.remove_of_logins(tokens)
     db.session.commit()
     for token in tokens:
         tidings.end_login(user, token)

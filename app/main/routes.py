@@ -14,6 +14,9 @@ from app.i18n import COOKIE, COOKIE_SECONDS, LANGUAGES
 from app.main import bp
 from app.models import Notification, User, utcnow
 from app.paging import paginate
+from app.presence import shown
+from app.push import keys as push_keys
+from app.push import subscriptions
 from app.responses import safe_next
 
 # Writing last_seen on every request would turn reads into writes; once a minute is enough.
@@ -43,7 +46,7 @@ def index():
 def users():
     """Directory of users, paginated."""
     page = paginate(sa.select(User).order_by(User.username), current_app.config["USERS_PER_PAGE"])
-    return render_template("main/users.html", title=_("Users"), page=page)
+    return render_template("main/users.html", title=_("Users"), page=page, presence=shown(page.items))
 
 
 @bp.route("/user/<username>")
@@ -52,7 +55,17 @@ def user(username: str):
     """A user's profile."""
     profile = db.first_or_404(sa.select(User).where(User.username == username))
     i_blocked = profile.id != current_user.id and current_user.has_blocked(profile)
-    return render_template("main/user.html", title=profile.username, user=profile, i_blocked=i_blocked)
+    mine = profile.id == current_user.id
+    return render_template(
+        "main/user.html",
+        title=profile.username,
+        user=profile,
+        i_blocked=i_blocked,
+        presence=shown([profile])[profile.id],
+        devices=subscriptions.of_user(profile.id) if mine else [],
+        device_name=subscriptions.device_name,
+        vapid_key=push_keys.current().public_key if mine else None,
+    )
 
 
 @bp.route("/language", methods=["POST"])

@@ -1,18 +1,12 @@
 """Message forms."""
 
-from flask import current_app
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from wtforms import SubmitField, TextAreaField
 from wtforms.validators import DataRequired, Length
 
 from app.models import MESSAGE_MAX_CHARS
-
-
-def login_lifetime_seconds() -> int:
-    """How long a login can live (``LOGIN_ABSOLUTE_DAYS``): a conversation's CSRF token lasts
-    as long, so a reply typed into a page left open never meets "the form expired"."""
-    return current_app.config["LOGIN_ABSOLUTE_DAYS"] * 86400
+from app.security import login_lifetime_seconds
 
 
 def _tidy(value):

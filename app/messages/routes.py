@@ -17,19 +17,18 @@ from flask import (
 from flask_babel import gettext as _
 from flask_babel import ngettext
 from flask_login import current_user, login_required
-from flask_wtf.csrf import CSRFError, validate_csrf
 from sqlalchemy.exc import IntegrityError
-from wtforms import ValidationError
 
 from app.extensions import csrf, db
 from app.i18n import current_language
 from app.limits import form_error, limiter, per_user, setting
 from app.messages import bp, threads
-from app.messages.forms import ExportForm, MessageForm, login_lifetime_seconds
+from app.messages.forms import ExportForm, MessageForm
 from app.models import Task, User
 from app.notifications import tidings
 from app.paging import paginate
 from app.responses import json_error, safe_next, wants_json
+from app.security import check_script_csrf
 from app.tasks import TaskAlreadyRunning, TaskNotStarted, export_path, launch_task
 
 
@@ -175,17 +174,6 @@ def send_message(recipient: str):
     return redirect(url_for("messages.conversation", username=recipient))
 
 
-def _check_script_csrf() -> None:
-    """The page script's POSTs carry the page's token in ``X-CSRFToken``; it lasts as long as
-    the login, like the reply box's."""
-    if not current_app.config.get("WTF_CSRF_ENABLED", True):
-        return
-    try:
-        validate_csrf(request.headers.get("X-CSRFToken"), time_limit=login_lifetime_seconds())
-    except ValidationError as exc:
-        raise CSRFError(exc.args[0]) from exc
-
-
 @bp.route("/messages/<username>/newer")
 @login_required
 def newer(username: str):
@@ -212,7 +200,7 @@ def newer(username: str):
 @csrf.exempt
 def read(username: str):
     """The open conversation was looked at: what ``username`` sent is read."""
-    _check_script_csrf()
+    check_script_csrf()
     other = _other(username)
     if threads.mark_read(current_user, other):
         db.session.commit()
@@ -225,7 +213,7 @@ def read(username: str):
 @limiter.limit(setting("TYPING_RATE"), key_func=per_user, error_message=lambda: _("typing too often"))
 def typing(username: str):
     """Tell ``username``'s open conversation that the user is typing: ephemeral, never stored."""
-    _check_script_csrf()
+    check_script_csrf()
     other = _other(username)
     if threads.may_write(current_user, other):
         tidings.publish(other, "typing", {"from": current_user.username})

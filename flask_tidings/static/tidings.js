@@ -7,6 +7,11 @@
 // (the browser froze it) a follower steals the lock. Without Web Locks or BroadcastChannel every
 // tab opens its own stream; without EventSource, tabs poll /notifications?since=.
 //
+// Presence: the tab holding the stream (the leader, or a tab on its own) tells the server, by
+// POST to data-presence-url, whether any of the browser's tabs is visible ("looking"): when that
+// changes (debounced) and whenever its stream (re)opens. Followers report their visibility on
+// the channel. The POST carries the page's CSRF token from <meta name="csrf-token">, if any.
+//
 // This is transport only. A page shows events by registering handlers, in a script after this
 // one (the stream starts at DOMContentLoaded): `Tidings.on("kind", function (n, live) { ... })` (`n` is the Notification object; `live`
 // is false for what a poller's first request finds). Every event is also re-dispatched on
@@ -29,6 +34,7 @@
   var streamUrl = body.getAttribute("data-stream-url");
   if (!streamUrl) return; // not logged in
   var pollUrl = body.getAttribute("data-poll-url");
+  var presenceUrl = body.getAttribute("data-presence-url");
   var loginUrl = body.getAttribute("data-login-url");
   var scope = body.getAttribute("data-stream-scope");
   var kinds = {};
@@ -83,6 +89,7 @@
     source.onopen = function () {
       attempts = 0;
       setState("open");
+      reportLooking(true); // a new stream on the server starts as not looking
     };
     source.onerror = function () {
       // CONNECTING: the browser retries by itself (after the server's retry:), with Last-Event-ID.
@@ -129,19 +136,68 @@
     if (document.visibilityState === "visible") reconnectNow();
   });
 
+  // -- presence: is any tab of this browser looking? ----------------------------------------------
+
+  var tabId = Math.random().toString(36).slice(2);
+  var LOOKING_MS = 5000; // a follower's "visible" counts this long unless repeated
+  var othersLooking = {}; // follower tab id -> until when its "visible" counts (ms)
+  var reported = null;
+  var reportTimer = null;
+  var meta = document.querySelector('meta[name="csrf-token"]');
+
+  function visible() { return document.visibilityState === "visible"; }
+
+  function looking() {
+    if (visible()) return true;
+    var now = Date.now();
+    return Object.keys(othersLooking).some(function (id) { return othersLooking[id] > now; });
+  }
+
+  function sendLooking(value) {
+    reported = value;
+    var headers = { "Content-Type": "application/json" };
+    if (meta) headers["X-CSRFToken"] = meta.getAttribute("content");
+    fetch(presenceUrl, {
+      method: "POST", credentials: "same-origin", keepalive: true, headers: headers,
+      body: JSON.stringify({ looking: value }),
+    }).catch(function () { reported = null; }); // said again at the next change or beat
+  }
+
+  // The stream's tab says what changed, a moment later (tabs flip as the user switches); a hidden
+  // page says it at once, for it may not run again. `force`: say it even if it did not change.
+  function reportLooking(force) {
+    if (!presenceUrl || (role !== "leader" && role !== "own")) return;
+    if (force) reported = null;
+    clearTimeout(reportTimer);
+    if (!looking()) { if (reported !== false) sendLooking(false); return; }
+    reportTimer = setTimeout(function () { if (reported !== true && looking()) sendLooking(true); }, 300);
+  }
+
+  function tellLeader() {
+    if (relay && role === "follower") relay.postMessage({ type: "looking", tab: tabId, visible: visible() });
+  }
+
+  document.addEventListener("visibilitychange", function () {
+    tellLeader();
+    reportLooking(false);
+  });
+
   // -- sharing one stream between tabs ----------------------------------------------------------
 
   var election = null;
   var beatTimer = null;
   var watchTimer = null;
+  var watchTicks = 0;
 
   function lead() {
     role = "leader";
+    othersLooking = {};
     setState("connecting", "leader");
     connect();
     clearInterval(beatTimer);
     beatTimer = setInterval(function () {
       relay.postMessage({ type: "beat", cursor: cursor.id, open: !!source && source.readyState === 1 });
+      reportLooking(false); // a follower that vanished stops counting
     }, BEAT_MS);
   }
 
@@ -151,10 +207,18 @@
     disconnect();
     watchdog.beat();
     setState("connecting", "follower");
+    tellLeader();
   }
 
   function onRelay(e) {
     var msg = e.data || {};
+    if (msg.type === "looking") { // from a follower: only the leader listens
+      if (role === "leader" && msg.tab) {
+        othersLooking[msg.tab] = msg.visible ? Date.now() + LOOKING_MS : 0;
+        reportLooking(false);
+      }
+      return;
+    }
     if (msg.cursor) cursor.advance(msg.cursor);
     if (role === "leader") return; // a stolen-from leader learns it from the lock, not from here
     watchdog.beat();
@@ -176,6 +240,7 @@
     election.start();
     clearInterval(watchTimer);
     watchTimer = setInterval(function () {
+      if (role === "follower" && visible() && ++watchTicks % 4 === 0) tellLeader(); // every 2 s
       // A leader that stopped beating (frozen by the browser) must not silence the others.
       if (role === "follower" && watchdog.expired()) {
         watchdog.beat(); // one steal per timeout, however many followers noticed

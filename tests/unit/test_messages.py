@@ -309,7 +309,7 @@ def test_typing_is_published_never_stored_and_rate_limited(client, auth, people,
 
 def unpersonal(page: str) -> str:
     """A page without what differs from one login to the next (form tokens, the stream's scope)."""
-    return re.sub(r'(value|data-stream-scope|data-last-event-id|data-csrf)="[^"]*"', "", page)
+    return re.sub(r'(value|content|data-stream-scope|data-last-event-id|data-csrf)="[^"]*"', "", page)
 
 
 def test_a_block_refuses_the_sender_clearly_and_unblocking_restores(client, auth, people, app, fake_redis):

@@ -1,0 +1,171 @@
+"""Who is here: a user is *connected* while any stream of theirs is open on any worker or host,
+and *looking* while one of their tabs is visible.
+
+Each worker keeps both for all its users in two sorted sets, member the user id, score the last
+time a worker vouched for them (Unix seconds):
+
+- ``tidings:presence:connected``: every user with an open stream on some worker;
+- ``tidings:presence:looking``: every user one of whose streams reports a visible tab.
+
+Every ``interval`` seconds a worker writes its users with one ``ZADD … GT`` per set (in chunks of
+``CHUNK`` members), in one round trip: the cost grows with workers and users, not with streams,
+tabs or events. A user counts while their score is younger than ``ttl`` (2.5 intervals), so a
+worker or host that dies (kill -9, a lost network) leaves no ghost for longer than that. Both
+keys are single keys: every command names one, so they work on a Redis Cluster as they are.
+
+A tab that becomes visible is written at once (``mark_looking``); one that stops being visible
+takes its user out of ``looking`` at once, and any other worker on which that user still has a
+visible tab puts them back at its next write (within ``interval``). The last time a user was
+connected is kept for ``retention`` seconds (``last_seen``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Iterable
+from typing import Any, NamedTuple
+
+CONNECTED = "tidings:presence:connected"
+LOOKING = "tidings:presence:looking"
+CHUNK = 1000
+TTL_INTERVALS = 2.5
+
+
+class UserPresence(NamedTuple):
+    """One user's presence: connected and looking now, and when last connected (Unix seconds)."""
+
+    online: bool
+    looking: bool
+    last_seen: float | None
+
+
+class Presence:
+    """Presence in Redis (a ``Redis`` or a ``RedisCluster`` client)."""
+
+    def __init__(self, client: Any, interval: float, retention: float = 30 * 86400) -> None:
+        self.client = client
+        self.interval = interval
+        self.ttl = interval * TTL_INTERVALS
+        self.retention = retention
+
+    # -- writing (a worker) ------------------------------------------------------------
+
+    def refresh(self, connected: Collection[int], looking: Collection[int], now: float | None = None) -> int:
+        """Vouch for this worker's users; returns how many commands that took."""
+        now = time.time() if now is None else now
+        pipe = self.client.pipeline(transaction=False)
+        commands = 0
+        for key, users in ((CONNECTED, connected), (LOOKING, looking)):
+            for chunk in _chunks(users, CHUNK):
+                pipe.zadd(key, dict.fromkeys(chunk, now), gt=True)
+                commands += 1
+        # Forget who stopped looking long ago, and last-seen times past their retention.
+        pipe.zremrangebyscore(LOOKING, "-inf", now - self.ttl)
+        pipe.zremrangebyscore(CONNECTED, "-inf", now - self.retention)
+        pipe.execute()
+        return commands + 2
+
+    def mark_looking(self, user_id: int, looking: bool, now: float | None = None) -> None:
+        """Write one user's change at once: looking since now, or no longer looking."""
+        if looking:
+            now = time.time() if now is None else now
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zadd(LOOKING, {user_id: now}, gt=True)
+            pipe.zadd(CONNECTED, {user_id: now}, gt=True)
+            pipe.execute()
+        else:
+            self.client.zrem(LOOKING, user_id)
+
+    # -- reading (any process) ---------------------------------------------------------
+
+    def of(self, user_ids: Iterable[int], now: float | None = None) -> dict[int, UserPresence]:
+        """The presence of each of ``user_ids`` (two commands, however many users)."""
+        ids = list(dict.fromkeys(user_ids))
+        if not ids:
+            return {}
+        now = time.time() if now is None else now
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zmscore(CONNECTED, ids)
+        pipe.zmscore(LOOKING, ids)
+        connected, looking = pipe.execute()
+        fresh = now - self.ttl
+        return {
+            user_id: UserPresence(
+                online=seen is not None and seen > fresh,
+                looking=look is not None and look > fresh and seen is not None and seen > fresh,
+                last_seen=seen,
+            )
+            for user_id, seen, look in zip(ids, connected, looking)
+        }
+
+    def counts(self, now: float | None = None) -> tuple[int, int]:
+        """How many users are connected, and how many looking, now."""
+        now = time.time() if now is None else now
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zcount(CONNECTED, f"({now - self.ttl}", "+inf")
+        pipe.zcount(LOOKING, f"({now - self.ttl}", "+inf")
+        connected, looking = pipe.execute()
+        return int(connected), int(looking)
+
+
+class MemoryPresence(Presence):
+    """The same rules in this process's memory (the ``memory://`` backend of tests)."""
+
+    _named: dict[str, MemoryPresence] = {}
+
+    def __init__(self, interval: float, retention: float = 30 * 86400) -> None:
+        super().__init__(None, interval, retention)
+        self._sets: dict[str, dict[int, float]] = {CONNECTED: {}, LOOKING: {}}
+
+    @classmethod
+    def named(cls, url: str, interval: float) -> MemoryPresence:
+        """The presence of the in-memory broker called ``url`` (one per URL, as the broker)."""
+        if url not in cls._named:
+            cls._named[url] = cls(interval)
+        return cls._named[url]
+
+    def _raise(self, key: str, users: Iterable[int], now: float) -> None:
+        scores = self._sets[key]
+        for user_id in users:
+            scores[user_id] = max(scores.get(user_id, now), now)
+
+    def refresh(self, connected: Collection[int], looking: Collection[int], now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        self._raise(CONNECTED, connected, now)
+        self._raise(LOOKING, looking, now)
+        return 0
+
+    def mark_looking(self, user_id: int, looking: bool, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        if looking:
+            self._raise(LOOKING, [user_id], now)
+            self._raise(CONNECTED, [user_id], now)
+        else:
+            self._sets[LOOKING].pop(user_id, None)
+
+    def of(self, user_ids: Iterable[int], now: float | None = None) -> dict[int, UserPresence]:
+        now = time.time() if now is None else now
+        fresh = now - self.ttl
+        result = {}
+        for user_id in dict.fromkeys(user_ids):
+            seen = self._sets[CONNECTED].get(user_id)
+            look = self._sets[LOOKING].get(user_id)
+            online = seen is not None and seen > fresh
+            result[user_id] = UserPresence(online, online and look is not None and look > fresh, seen)
+        return result
+
+    def counts(self, now: float | None = None) -> tuple[int, int]:
+        now = time.time() if now is None else now
+        fresh = now - self.ttl
+        return tuple(sum(1 for s in self._sets[k].values() if s > fresh) for k in (CONNECTED, LOOKING))
+
+
+def _chunks(items: Collection[int], size: int) -> Iterable[list[int]]:
+    batch: list[int] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
