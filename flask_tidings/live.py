@@ -565,7 +565,7 @@ class Streams:
             for user_id in changes if self.presence is not None else ():
                 try:
                     self.presence.mark_looking(user_id, user_id in self._looking)
-                except Exception as exc:  # the next vouching writes it again
+                except Exception as exc:  # noqa: BLE001 - said, and written again at the next vouching
                     log.warning("could not write user %s's presence: %s", user_id, exc)
 
     def _vouch(self) -> None:
@@ -578,7 +578,7 @@ class Streams:
                 if failed:
                     log.info("presence written again")
                 failed = False
-            except Exception as exc:  # Redis away: said once, retried next interval
+            except Exception as exc:  # noqa: BLE001 - Redis away: said once, retried next interval
                 if not failed:
                     log.warning(
                         "could not write presence (retrying every %.0f s): %s", self.presence.interval, exc

@@ -95,7 +95,7 @@ class Presence:
                 looking=look is not None and look > fresh and seen is not None and seen > fresh,
                 last_seen=seen,
             )
-            for user_id, seen, look in zip(ids, connected, looking)
+            for user_id, seen, look in zip(ids, connected, looking, strict=True)
         }
 
     def counts(self, now: float | None = None) -> tuple[int, int]:

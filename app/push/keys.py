@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from flask import Flask, current_app
-from py_vapid import Vapid
+from py_vapid import Vapid, VapidException
 
 KEY_FILE = "vapid_private_key.pem"
 EXTENSION_KEY = "push.vapid"
@@ -47,7 +47,7 @@ def load(raw: str | None, instance_path: str) -> Vapid:
             if raw.startswith("-----BEGIN"):
                 return Vapid.from_pem(raw.encode())
             return Vapid.from_string(raw)
-        except Exception as exc:
+        except (ValueError, TypeError, VapidException) as exc:
             raise RuntimeError(
                 "VAPID_PRIVATE_KEY must be a P-256 private key: PEM, or base64url of the raw key or "
                 f"its DER ({exc.__class__.__name__})"

@@ -26,6 +26,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
+import redis
 import requests
 import sqlalchemy as sa
 from flask import current_app
@@ -271,7 +272,7 @@ def count(outcome: str, why: str | None = None) -> str:
     try:
         client.hincrby(STATS_KEY, outcome, 1)
         first = why is not None and client.set(LOGGED_KEY + outcome, "1", nx=True, ex=60)
-    except Exception as exc:  # counting must not fail a push
+    except redis.RedisError as exc:  # counting must not fail a push
         log.warning("could not count a push outcome (%s): %s", outcome, exc)
         first = why is not None
     if first:
