@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from flask_tidings.extension import Identity, Tidings, flask_login_identity
     from flask_tidings.hub import StreamingUnavailable
     from flask_tidings.kinds import Kind, NotificationRefused
+    from flask_tidings.presence import UserPresence
     from flask_tidings.rawsql import RawSelect
     from flask_tidings.store import NotificationMixin, SQLAlchemyStore, Store
     from flask_tidings.tally import FailureTally
@@ -35,6 +36,7 @@ _EXPORTS = {
     "flask_login_identity": "flask_tidings.extension",
     "Kind": "flask_tidings.kinds",
     "NotificationRefused": "flask_tidings.kinds",
+    "UserPresence": "flask_tidings.presence",
     "Event": "flask_tidings.events",
     "Store": "flask_tidings.store",
     "SQLAlchemyStore": "flask_tidings.store",
@@ -56,6 +58,7 @@ __all__ = [
     "Store",
     "StreamingUnavailable",
     "Tidings",
+    "UserPresence",
     "flask_login_identity",
 ]
 

@@ -7,14 +7,17 @@ import ipaddress
 import logging
 import os
 
+import redis
 import sqlalchemy as sa
 from flask import Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client import REGISTRY as PROCESS_REGISTRY
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from app.extensions import db
 from app.notifications import tidings
 from app.ops import bp
+from app.push import sending
 from app.responses import json_error
 
 log = logging.getLogger(__name__)
@@ -64,7 +67,34 @@ def metrics():
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = PROCESS_REGISTRY
-    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    site = CollectorRegistry()  # what every process shares: in Redis, read once per scrape
+    site.register(SiteCollector())
+    return Response(generate_latest(registry) + generate_latest(site), content_type=CONTENT_TYPE_LATEST)
+
+
+class SiteCollector:
+    """Gauges of the users connected and looking (across every worker and host, from presence)
+    and the outcomes of pushes (counted by the background workers); nothing when Redis is away."""
+
+    def collect(self):
+        try:
+            connected, looking = tidings.presence_counts()
+            pushes = sending.stats()
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+            log.warning("metrics: presence and push counts unavailable: %s", exc)
+            return
+        yield GaugeMetricFamily(
+            "tidings_users_connected", "Users with a stream open on any worker or host", connected
+        )
+        yield GaugeMetricFamily("tidings_users_looking", "Users with a visible Tidings tab", looking)
+        counter = CounterMetricFamily(
+            "tidings_push",
+            "Pushes by outcome (sent, gone, retried, failed; not sent: looking, read, superseded)",
+            labels=["outcome"],
+        )
+        for name, value in pushes.items():
+            counter.add_metric([name], value)
+        yield counter
 
 
 def _may_read_metrics() -> bool:
