@@ -47,9 +47,9 @@ STAND_IN = """
 (() => {
   const given = %s;
   const stored = () => localStorage.getItem("test-subscription") && make();
+  function forget() { localStorage.removeItem("test-subscription"); return Promise.resolve(true); }
   function make() {
-    return { endpoint: given.endpoint, options: {}, toJSON: () => given,
-             unsubscribe: () => { localStorage.removeItem("test-subscription"); return Promise.resolve(true); } };
+    return { endpoint: given.endpoint, options: {}, toJSON: () => given, unsubscribe: forget };
   }
   PushManager.prototype.subscribe = function (options) {
     if (!options || !options.userVisibleOnly || !(options.applicationServerKey instanceof Uint8Array)
@@ -69,7 +69,9 @@ def notifications(page) -> list[dict]:
     )
 
 
-def test_opt_in_then_a_push_while_the_tab_is_closed_shows_the_notification(browser, server, make_user, fake_push):
+def test_opt_in_then_a_push_while_the_tab_is_closed_shows_the_notification(
+    browser, server, make_user, fake_push
+):
     alice, bob = make_user("alice"), make_user("bob")
     device = fake_push.device()
     context = browser.new_context(base_url=server.url)
@@ -90,7 +92,9 @@ def test_opt_in_then_a_push_while_the_tab_is_closed_shows_the_notification(brows
     optin.click()
     page.wait_for_selector("#device_list .this-device:not([hidden])")  # stored, listed, marked as this one
     assert page.locator("#push_optin").is_hidden()
-    assert page.evaluate("navigator.serviceWorker.controller && navigator.serviceWorker.controller.scriptURL").endswith("/sw.js")
+    assert page.evaluate(
+        "navigator.serviceWorker.controller && navigator.serviceWorker.controller.scriptURL"
+    ).endswith("/sw.js")
 
     page.close()  # no tab looking: the message is pushed
     assert alice.send(bob.username, "The keys are under the mat").status_code == 302
@@ -104,11 +108,19 @@ def test_opt_in_then_a_push_while_the_tab_is_closed_shows_the_notification(brows
     session.on("ServiceWorker.workerRegistrationUpdated", lambda e: registrations.extend(e["registrations"]))
     session.send("ServiceWorker.enable")
     page.goto(f"/user/{bob.username}")
-    wait_until(lambda: [r for r in registrations if r["scopeURL"] == server.url + "/"], 10, "the registration")
-    [registration] = [r for r in registrations if r["scopeURL"] == server.url + "/" and not r["isDeleted"]][:1]
+    wait_until(
+        lambda: [r for r in registrations if r["scopeURL"] == server.url + "/"], 10, "the registration"
+    )
+    [registration] = [r for r in registrations if r["scopeURL"] == server.url + "/" and not r["isDeleted"]][
+        :1
+    ]
     session.send(
         "ServiceWorker.deliverPushMessage",
-        {"origin": server.url, "registrationId": registration["registrationId"], "data": push.payload.decode()},
+        {
+            "origin": server.url,
+            "registrationId": registration["registrationId"],
+            "data": push.payload.decode(),
+        },
     )
     wait_until(lambda: notifications(page), 10, "the notification")
     assert notifications(page) == [

@@ -31,6 +31,9 @@ from harness.servers import (
 )
 from tests.conftest import need
 
+PRESENCE_INTERVAL = 1
+PRESENCE_TTL = 2.5 * PRESENCE_INTERVAL  # flask_tidings/presence.py: 2.5 intervals
+
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
@@ -52,6 +55,8 @@ def site(tmp_path_factory):
         pg = PostgresServer(tmp / "pg", host=net.gateway).start()
         env = make_server_env(tmp, pg.url, cluster.url)
         env.update(REDIS_CLUSTER="1", QUEUE_REDIS_URL=queue.url, WEB_CONCURRENCY="1")
+        # Presence written every second: a user is shown offline PRESENCE_TTL after their host dies.
+        env.update(PRESENCE_INTERVAL_SECONDS=str(PRESENCE_INTERVAL))
         # nginx reaches the hosts from the bridge's address: only its forwarded headers count.
         env.update(TRUSTED_PROXIES="1", TRUSTED_PROXY_ADDRS=net.gateway)
         webs = [LiveServer(env, tmp / f"web{i}.log", host=h).start() for i, h in enumerate(hosts, 1)]
@@ -94,6 +99,34 @@ def test_tabs_on_different_hosts_get_every_event_and_logout_on_one_host_ends_the
         while (block := tab.next_block()) is not None:
             assert block.event is None, "nothing after logout"
     assert SSE.open(web2.url, "/stream", {"Cookie": bob.cookie_header()}, 10).status == 401
+
+
+def test_a_tab_on_host_1_is_online_on_host_2_and_offline_within_the_ttl_once_host_1_is_killed(
+    site, expect_log
+):
+    expect_log(r"Worker \(pid:\d+\) was sent SIGKILL")
+    web1, web2 = site["webs"]
+    dave, erin = browser(site["nginx"], "seendave"), browser(site["nginx"], "seenerin")
+
+    def online_on_host_2() -> bool:
+        page = web2.get(f"/user/{dave.username}", headers={"Cookie": erin.cookie_header()})
+        assert page.status_code == 200
+        return 'id="presence" data-online="true"' in page.text
+
+    assert not online_on_host_2(), "no tab yet"
+    tab = direct_stream(web1, dave)
+    wait_until(online_on_host_2, 10, "dave, whose tab is on host 1, online on host 2's pages")
+    assert 'data-online="true"' in web2.get("/users", headers={"Cookie": erin.cookie_header()}).text
+
+    killed_at = time.monotonic()
+    for worker in web1.workers():
+        worker.kill()  # kill -9: no goodbye to Redis, the stream's socket dies with it
+    wait_until(lambda: not online_on_host_2(), PRESENCE_TTL + 3, "dave offline")
+    assert time.monotonic() - killed_at <= PRESENCE_TTL + PRESENCE_INTERVAL + 1
+    # No ghost: host 1's master forks new workers, which serve again and know nothing of dave.
+    assert httpx.get(web1.url + "/healthz", timeout=30).status_code == 200
+    assert not online_on_host_2()
+    tab.close()
 
 
 class ProxiedTab:

@@ -86,7 +86,10 @@ def test_a_message_to_someone_with_no_tab_looking_is_pushed_signed_encrypted_in_
     people, fake_push, push_env
 ):
     alice, bob = people
-    assert bob.post_form("/language", {"language": "zh_Hans"}, form_page=f"/user/{bob.username}").status_code == 302
+    assert (
+        bob.post_form("/language", {"language": "zh_Hans"}, form_page=f"/user/{bob.username}").status_code
+        == 302
+    )
     device = fake_push.device()
     subscribe(bob, device)
     profile = bob.http.get(f"/user/{bob.username}").text
@@ -149,7 +152,9 @@ def test_six_quick_messages_make_one_push_with_the_latest(people, fake_push, pus
     for i in range(6):
         assert alice.send(bob.username, f"message {i}").status_code == 302
     wait_until(lambda: fake_push.to(device), DELAY + 15, "the push")
-    wait_until(lambda: stats(push_env).get("superseded", 0) >= before.get("superseded", 0) + 5, 20, "the rest")
+    wait_until(
+        lambda: stats(push_env).get("superseded", 0) >= before.get("superseded", 0) + 5, 20, "the rest"
+    )
     [push] = fake_push.to(device)
     assert push.json["title"] == "6 new messages" and push.json["body"].endswith("message 5")
 
@@ -202,6 +207,9 @@ def test_logging_out_removes_the_devices_of_that_login(people, fake_push, push_e
     _, bob = people
     device = fake_push.device()
     subscribe(bob, device)
-    assert bob.script("DELETE", "/push/subscriptions", {"endpoint": "https://nope.push.example/1"}).status_code == 404
+    assert (
+        bob.script("DELETE", "/push/subscriptions", {"endpoint": "https://nope.push.example/1"}).status_code
+        == 404
+    )
     assert bob.logout().status_code == 302
     assert device.endpoint not in devices(push_env, bob.username)
