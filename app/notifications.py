@@ -13,6 +13,7 @@ page should do more than re-dispatch it as ``tidings:<name>``, a handler in ``si
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection
 
 from flask_babel import gettext
@@ -21,7 +22,7 @@ from flask_login import current_user
 from app.limits import limiter, per_user, setting
 from app.login_session import session_login
 from app.models import open_logins, user_id_of_login
-from app.security import script_csrf
+from app.security import check_script_csrf
 from flask_tidings import Identity, Kind, Tidings
 
 KINDS = [
@@ -46,6 +47,18 @@ KINDS = [
 ]
 
 
+def _logged_in_script_csrf(view):
+    """The page script's token, checked once someone is logged in (else the view's 401 says why)."""
+
+    @functools.wraps(view)
+    def checked(*args, **kwargs):
+        if tidings.current_identity() is not None:
+            check_script_csrf()
+        return view(*args, **kwargs)
+
+    return checked
+
+
 def _per_stream_user() -> str:
     who = tidings.current_identity()
     return f"user:{who.user_id}" if who else per_user()
@@ -63,7 +76,7 @@ tidings = Tidings(
     # The page script's POST /presence: its token in X-CSRFToken (the blueprint is exempt from
     # CSRFProtect, app/factory.py), at most PRESENCE_RATE per user.
     presence_decorators=[
-        script_csrf,
+        _logged_in_script_csrf,
         limiter.limit(
             setting("PRESENCE_RATE"),
             key_func=_per_stream_user,

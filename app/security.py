@@ -9,7 +9,6 @@ proxy in front (deploy/nginx/), which does both, and ``make run`` serves plain H
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 
 from flask import Flask, Response, current_app, request
@@ -125,14 +124,3 @@ def check_script_csrf() -> None:
         validate_csrf(request.headers.get("X-CSRFToken"), time_limit=login_lifetime_seconds())
     except ValidationError as exc:
         raise CSRFError(exc.args[0]) from exc
-
-
-def script_csrf(view):
-    """Decorator: ``check_script_csrf()`` before the view."""
-
-    @functools.wraps(view)
-    def checked(*args, **kwargs):
-        check_script_csrf()
-        return view(*args, **kwargs)
-
-    return checked
