@@ -77,6 +77,7 @@ class Push:
     vapid_key: str | None
     payload: bytes | None
     problem: str | None
+    received: float = field(default_factory=time.monotonic)
 
     @property
     def json(self) -> Any:

@@ -583,8 +583,9 @@ class WorkerProcess(_Logged):
         return self
 
     def horses(self) -> list[psutil.Process]:
-        """The work-horse processes RQ forked for running jobs."""
-        return self.children()
+        """The work-horse processes RQ forked for running jobs (not its scheduler's process)."""
+        schedulers = {int(pid) for pid in re.findall(r"Scheduler for \S+ started with PID (\d+)", self.log())}
+        return [child for child in self.children() if child.pid not in schedulers]
 
 
 class NginxServer(_Logged):

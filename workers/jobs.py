@@ -42,6 +42,23 @@ def get_app() -> Flask:
     return _app
 
 
+def preload_app() -> None:
+    """Build the app in the worker itself: the jobs it runs in-process (pushes) use it, and the
+    work horses it forks start with it built."""
+    global _app
+    from app import create_app
+
+    _app = create_app()
+
+
+def release_connections() -> None:
+    """Close this process's database connections: a forked work horse must not share them."""
+    if _app is not None:
+        with _app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
 class ProgressReporter:
     """Stores and publishes ``task_progress`` for one task, throttled."""
 
