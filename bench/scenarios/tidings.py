@@ -56,18 +56,51 @@ def streams(rig: Rig) -> dict:
                     rig, server, load, users, level // users
                 )
         out["levels"] = levels
-        c0 = server.counters()
+        c0, watch = server.counters(), PresenceWatch(rig)
         time.sleep(p["idle_seconds"])
-        c1 = server.counters()
+        c1, presence = server.counters(), watch.stop()
         out["idle"] = {
             "streams": levels[-1]["opened"],
             "seconds": p["idle_seconds"],
             "sql_per_s": round((c1["sql_statements"] - c0["sql_statements"]) / p["idle_seconds"], 3),
             "http_requests_per_s": round((c1["http_requests"] - c0["http_requests"]) / p["idle_seconds"], 3),
+            # What presence costs Redis (flask_tidings/presence.py): its commands per second, and
+            # the members they write, as Redis' MONITOR saw them.
+            "redis_presence_commands_per_s": round(presence[0] / p["idle_seconds"], 2),
+            "redis_presence_members_per_s": round(presence[1] / p["idle_seconds"], 1),
         }
         print("tidings idle", out["idle"], flush=True)
     out["connect_isolated"] = connect_isolated(rig)
     return out
+
+
+class PresenceWatch:
+    """Counts, through Redis' MONITOR, the commands on presence's keys and the members written."""
+
+    def __init__(self, rig: Rig) -> None:
+        import redis
+
+        self.commands = self.members = 0
+        self._monitor = redis.Redis(port=rig.redis.port).monitor().__enter__()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for command in self._monitor.listen():
+            if self._stopping.is_set():
+                return
+            words = command["command"].split()
+            if len(words) > 1 and words[1].startswith("tidings:presence:"):
+                self.commands += 1
+                if words[0].upper() == "ZADD":
+                    self.members += (len(words) - 3) // 2  # ZADD key GT score member …
+
+    def stop(self) -> tuple[int, int]:
+        self._stopping.set()
+        counts = (self.commands, self.members)
+        self._thread.join(timeout=15)  # returns with the next command Redis sees
+        return counts
 
 
 def connect_isolated(rig: Rig) -> dict:
