@@ -9,32 +9,30 @@ from datetime import timedelta
 from pathlib import Path
 
 
-def _int_env(name: str, default: int, minimum: int = 1) -> int:
-    """Read an integer (at least ``minimum``) from the environment, refusing nonsense loudly."""
+def _number_env(name: str, default, minimum, kind):
+    """Read a number (at least ``minimum``) of ``kind`` (int or float) from the environment,
+    refusing nonsense loudly."""
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise RuntimeError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise RuntimeError(f"{name} must be at least {minimum}, got {value}")
+        raise RuntimeError(
+            f"{name} must be {'an integer' if kind is int else 'a number'}, got {raw!r}"
+        ) from None
+    if not value >= minimum or value == float("inf"):
+        raise RuntimeError(f"{name} must be at least {minimum}, got {raw}")
     return value
+
+
+def _int_env(name: str, default: int, minimum: int = 1) -> int:
+    return _number_env(name, default, minimum, int)
 
 
 def _float_env(name: str, default: float, minimum: float = 0.1) -> float:
-    """Read a number of seconds (at least ``minimum``) from the environment."""
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise RuntimeError(f"{name} must be a number, got {raw!r}") from None
-    if not value >= minimum or value == float("inf"):
-        raise RuntimeError(f"{name} must be a number of seconds, at least {minimum}, got {raw}")
-    return value
+    """A number of seconds."""
+    return _number_env(name, default, minimum, float)
 
 
 def _secret_key(instance_path: Path) -> str:

@@ -28,7 +28,10 @@ COMMANDS = ("zadd", "zremrangebyscore")
 
 def commandstats(client: redis.Redis) -> dict[str, tuple[int, int]]:
     stats = client.info("commandstats")
-    return {c: (stats.get(f"cmdstat_{c}", {}).get("calls", 0), stats.get(f"cmdstat_{c}", {}).get("usec", 0)) for c in COMMANDS}
+    return {
+        c: (stats.get(f"cmdstat_{c}", {}).get("calls", 0), stats.get(f"cmdstat_{c}", {}).get("usec", 0))
+        for c in COMMANDS
+    }
 
 
 def measure(client: redis.Redis, streams: int, workers: int, interval: float, rounds: int) -> dict:
@@ -58,7 +61,9 @@ def measure(client: redis.Redis, streams: int, workers: int, interval: float, ro
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--streams", type=int, nargs="+", default=[10_000, 50_000])
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--interval", type=float, default=10.0)
@@ -72,12 +77,15 @@ def main() -> None:
         finally:
             server.kill()
     print(f"Presence in Redis, {args.workers} workers, one write each per {args.interval:g} s; {machine()}\n")
-    print("| open streams | Redis commands/s | members written/s | Redis CPU ms/s | one round, all workers (ms) | Redis memory (MB) |")
+    print(
+        "| open streams | Redis commands/s | members written/s | Redis CPU ms/s "
+        "| one round, all workers (ms) | Redis memory (MB) |"
+    )
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['streams']:,} | {r['commands_per_s']:.1f} | {r['members_per_s']:,.0f} | {r['redis_ms_per_s']:.2f} "
-            f"| {r['round_ms']:.1f} | {r['memory_mb']:.1f} |"
+            f"| {r['streams']:,} | {r['commands_per_s']:.1f} | {r['members_per_s']:,.0f} "
+            f"| {r['redis_ms_per_s']:.2f} | {r['round_ms']:.1f} | {r['memory_mb']:.1f} |"
         )
 
 

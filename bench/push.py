@@ -43,9 +43,7 @@ def main() -> None:
         "DATABASE_URL": pg.url,
         "REDIS_URL": redis_server.url,
         "SECRET_KEY": "bench-secret",
-        "PUSH_ALLOWED_ORIGINS": service.origin,
-        "VAPID_SUBJECT": "mailto:bench@tidings.test",
-        "REQUESTS_CA_BUNDLE": str(service.cert),
+        **service.settings("mailto:bench@tidings.test"),
     }
     worker = None
     try:
@@ -70,7 +68,10 @@ def main() -> None:
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
     rate = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
     print(f"One push worker (python -m workers) to a local push service; {machine()}\n")
-    print("| pushes | refused by the service | jobs/s (first push to last) | ms between pushes p50 / p99 | all, from worker start (s) |")
+    print(
+        "| pushes | refused by the service | jobs/s (first push to last) | ms between pushes p50 / p99 "
+        "| all, from worker start (s) |"
+    )
     print("|---|---|---|---|---|")
     p = percentiles(gaps)
     print(f"| {len(pushes)} | {len(bad)} | {rate:.1f} | {p['p50']:.1f} / {p['p99']:.1f} | {took:.1f} |")
@@ -84,17 +85,27 @@ def prepare(db_url: str, users: list[dict], service: FakePushService) -> list[tu
         sender = conn.execute(sa.text("SELECT id FROM \"user\" WHERE username = 'benchsender'")).scalar()
         for user in users:
             device = service.device().subscription()
-            login = conn.execute(sa.text("SELECT id FROM login WHERE user_id = :u"), {"u": user["id"]}).scalar()
+            login = conn.execute(
+                sa.text("SELECT id FROM login WHERE user_id = :u"), {"u": user["id"]}
+            ).scalar()
             conn.execute(
                 sa.text(
-                    "INSERT INTO push_subscription (user_id, login_id, endpoint, p256dh, auth, user_agent, created_at)"
+                    "INSERT INTO push_subscription"
+                    " (user_id, login_id, endpoint, p256dh, auth, user_agent, created_at)"
                     " VALUES (:u, :l, :e, :p, :a, '', now())"
                 ),
-                {"u": user["id"], "l": login, "e": device["endpoint"], "p": device["keys"]["p256dh"], "a": device["keys"]["auth"]},
+                {
+                    "u": user["id"],
+                    "l": login,
+                    "e": device["endpoint"],
+                    "p": device["keys"]["p256dh"],
+                    "a": device["keys"]["auth"],
+                },
             )
             message = conn.execute(
                 sa.text(
-                    "INSERT INTO message (sender_id, recipient_id, body, timestamp) VALUES (:s, :u, :b, now()) RETURNING id"
+                    "INSERT INTO message (sender_id, recipient_id, body, timestamp)"
+                    " VALUES (:s, :u, :b, now()) RETURNING id"
                 ),
                 {"s": sender, "u": user["id"], "b": f"hello {user['username']}"},
             ).scalar()

@@ -136,6 +136,15 @@ class FakePushService:
             self._server.shutdown()
             self._server.server_close()
 
+    def settings(self, subject: str = "mailto:ops@tidings.test") -> dict[str, str]:
+        """The environment that makes a site push here: this origin allowed, its certificate
+        trusted by the worker's HTTP client, a VAPID subject."""
+        return {
+            "PUSH_ALLOWED_ORIGINS": self.origin,
+            "VAPID_SUBJECT": subject,
+            "REQUESTS_CA_BUNDLE": str(self.cert),
+        }
+
     def device(self, answers: list[int] | None = None, hang: float = 0.0) -> Device:
         """A new subscription: its own endpoint, P-256 key pair and auth secret."""
         token = secrets.token_urlsafe(16)

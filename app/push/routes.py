@@ -4,6 +4,7 @@ profile page's script: the browser's ``PushSubscription.toJSON()``; its CSRF tok
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -29,21 +30,25 @@ def service_worker():
     return response
 
 
-def _refusal():
-    """None for a logged-in user's script request with its token (CSRFError if wrong); else 401."""
-    if not current_user.is_authenticated:
-        return json_error(401, _("log in to manage notifications on this device"))
-    check_script_csrf()
-    return None
+def _script(view):
+    """A route of the profile's script: JSON 401 when logged out (never the login page), and the
+    page's token in ``X-CSRFToken`` (a CSRFError, 400, without it)."""
+
+    @functools.wraps(view)
+    def checked(*args, **kwargs):
+        if not current_user.is_authenticated:
+            return json_error(401, _("log in to manage notifications on this device"))
+        check_script_csrf()
+        return view(*args, **kwargs)
+
+    return checked
 
 
 @bp.route("/push/subscriptions", methods=["POST"])
 @csrf.exempt
+@_script
 def subscribe():
     """Store this device's subscription, for this login: 201 with its id and the device count."""
-    refusal = _refusal()
-    if refusal:
-        return refusal
     try:
         submitted = subscriptions.parse(
             request.get_json(silent=True), current_app.config["PUSH_ALLOWED_ORIGINS"]
@@ -60,11 +65,9 @@ def subscribe():
 
 @bp.route("/push/subscriptions", methods=["DELETE"])
 @csrf.exempt
+@_script
 def unsubscribe():
     """Forget this device's subscription (``{"endpoint": …}``): 204, or 404 if it is not the user's."""
-    refusal = _refusal()
-    if refusal:
-        return refusal
     body = request.get_json(silent=True)
     endpoint = body.get("endpoint") if isinstance(body, dict) else None
     if not isinstance(endpoint, str):

@@ -8,6 +8,7 @@ from harness import tools
 from harness.servers import make_server_env
 from tests.conftest import need, reset_database
 from tests.integration.conftest import (  # noqa: F401
+    fake_push,
     make_user,
     proxied,
     redis_url,

@@ -10,29 +10,15 @@ from __future__ import annotations
 import json
 
 import pytest
+import redis
 
-from harness.fakepush import FakePushService
 from harness.servers import LiveServer, WorkerProcess, wait_until
 from tests.e2e.conftest import log_in
 
 
 @pytest.fixture(scope="module")
-def fake_push(tmp_path_factory):
-    service = FakePushService(tmp_path_factory.mktemp("push")).start()
-    yield service
-    service.stop()
-
-
-@pytest.fixture(scope="module")
 def server(server_env, fake_push, tmp_path_factory):
-    env = {
-        **server_env,
-        "PUSH_ALLOWED_ORIGINS": fake_push.origin,
-        "PUSH_DELAY_SECONDS": "1",
-        "VAPID_SUBJECT": "mailto:ops@tidings.test",
-        "REQUESTS_CA_BUNDLE": str(fake_push.cert),
-        "PRESENCE_INTERVAL_SECONDS": "1",
-    }
+    env = {**server_env, **fake_push.settings(), "PUSH_DELAY_SECONDS": "1", "PRESENCE_INTERVAL_SECONDS": "1"}
     logs = tmp_path_factory.mktemp("logs")
     web = LiveServer(env, logs / "gunicorn.log").start()
     worker = WorkerProcess(env, logs / "worker.log").start()
@@ -96,7 +82,15 @@ def test_opt_in_then_a_push_while_the_tab_is_closed_shows_the_notification(
         "navigator.serviceWorker.controller && navigator.serviceWorker.controller.scriptURL"
     ).endswith("/sw.js")
 
-    page.close()  # no tab looking: the message is pushed
+    # The visible tab says it is looking (tidings.js, POST /presence): a message now is not pushed.
+    pushes = redis.Redis.from_url(server.env["REDIS_URL"])
+    looked = int(pushes.hget("tidings:push:stats", "looking") or 0)
+    assert alice.send(bob.username, "While you look").status_code == 302
+    page.wait_for_selector("#toasts .toast")
+    wait_until(lambda: int(pushes.hget("tidings:push:stats", "looking") or 0) > looked, 20, "not pushed")
+    assert fake_push.to(device) == []
+
+    page.close()  # no tab looking now: the next message is pushed
     assert alice.send(bob.username, "The keys are under the mat").status_code == 302
     wait_until(lambda: fake_push.to(device), 20, "the push")
     push = fake_push.to(device)[0]
@@ -125,8 +119,8 @@ def test_opt_in_then_a_push_while_the_tab_is_closed_shows_the_notification(
     wait_until(lambda: notifications(page), 10, "the notification")
     assert notifications(page) == [
         {
-            "title": f"Message from {alice.username}",
-            "body": "The keys are under the mat",
+            "title": "2 new messages",  # the one seen as a toast is unread still
+            "body": f"{alice.username}: The keys are under the mat",
             "tag": "messages",
             "url": f"{server.url}/messages/{alice.username}",
         }

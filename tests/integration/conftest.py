@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from harness.clients import WebUser
+from harness.fakepush import FakePushService
 from harness.servers import LiveServer, NginxServer, RedisServer, make_server_env
 from harness.tools import NGINX, OPENSSL
 from tests.conftest import need, reset_database
@@ -86,3 +87,11 @@ def make_user(server):
     yield make
     for user in made:
         user.close()
+
+
+@pytest.fixture(scope="module")
+def fake_push(tmp_path_factory) -> Iterator[FakePushService]:
+    """A push service of our own (HTTPS on 127.0.0.1): ``fake_push.settings()`` points a site at it."""
+    service = FakePushService(tmp_path_factory.mktemp("push")).start()
+    yield service
+    service.stop()

@@ -10,7 +10,6 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from harness.fakepush import FakePushService
 from harness.servers import LiveServer, WorkerProcess, wait_until
 
 SUBJECT = "mailto:ops@tidings.test"
@@ -18,21 +17,13 @@ DELAY = 2
 
 
 @pytest.fixture(scope="module")
-def fake_push(tmp_path_factory):
-    service = FakePushService(tmp_path_factory.mktemp("push")).start()
-    yield service
-    service.stop()
-
-
-@pytest.fixture(scope="module")
 def push_env(sqlite_env, fake_push):
     return {
         **sqlite_env,
+        **fake_push.settings(SUBJECT),
         "PUSH_ALLOWED_ORIGINS": f"{fake_push.origin},https://*.push.example",
         "PUSH_DELAY_SECONDS": str(DELAY),
         "PUSH_TIMEOUT_SECONDS": "1",
-        "VAPID_SUBJECT": SUBJECT,
-        "REQUESTS_CA_BUNDLE": str(fake_push.cert),
         "PRESENCE_INTERVAL_SECONDS": "1",
     }
 
