@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -35,6 +36,26 @@ def _float_env(name: str, default: float, minimum: float = 0.1) -> float:
     return _number_env(name, default, minimum, float)
 
 
+def kept_once(path: Path, make: Callable[[], bytes]) -> bytes:
+    """The contents of ``path``, made by ``make()`` the first time: written to a file of this
+    process's own, then linked into place, so processes starting at once all read the one that
+    won, never a half-written file."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    mine = path.with_name(f".{path.name}.{os.getpid()}")
+    with os.fdopen(os.open(mine, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
+        fh.write(make())
+    try:
+        os.link(mine, path)
+    except FileExistsError:  # another process was first: its file is the one
+        pass
+    finally:
+        os.unlink(mine)
+    return path.read_bytes()
+
+
 def _secret_key(instance_path: Path) -> str:
     """Return SECRET_KEY from the environment, or one generated once and kept in instance/."""
     key = os.environ.get("SECRET_KEY")
@@ -42,20 +63,9 @@ def _secret_key(instance_path: Path) -> str:
         return key
     if os.environ.get("APP_ENV") == "production":
         raise RuntimeError("SECRET_KEY must be set when APP_ENV=production")
-    path = instance_path / "secret_key"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
-    key = secrets.token_urlsafe(48)
-    # O_EXCL: when two processes start at once, the loser reads the winner's key.
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key)
-    return key
+    return (
+        kept_once(instance_path / "secret_key", lambda: secrets.token_urlsafe(48).encode()).decode().strip()
+    )
 
 
 # Every rate limit, as Flask-Limiter's strings ("N per second|minute|hour|day", ";" between several).

@@ -134,6 +134,16 @@ def _lifetimes() -> dict[str, datetime]:
     }
 
 
+def login_is_open() -> tuple:
+    """The conditions a ``Login`` row meets while it is open: not revoked, not expired."""
+    bounds = _lifetimes()
+    return (
+        Login.revoked_at.is_(None),
+        Login.created_at > bounds["born_after"],
+        _LAST_USED > bounds["used_after"],
+    )
+
+
 def _plausible(token: object) -> bool:
     return isinstance(token, str) and len(token) <= 64
 
@@ -160,13 +170,7 @@ def open_logins(tokens: Collection[str]) -> set[str]:
     wanted = [t for t in tokens if _plausible(t)]
     if not wanted:
         return set()
-    bounds = _lifetimes()
-    query = sa.select(Login.token).where(
-        Login.token.in_(wanted),
-        Login.revoked_at.is_(None),
-        Login.created_at > bounds["born_after"],
-        _LAST_USED > bounds["used_after"],
-    )
+    query = sa.select(Login.token).where(Login.token.in_(wanted), *login_is_open())
     with db.engine.connect() as conn:
         return set(conn.execute(query).scalars())
 

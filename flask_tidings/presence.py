@@ -14,9 +14,11 @@ worker or host that dies (kill -9, a lost network) leaves no ghost for longer th
 keys are single keys: every command names one, so they work on a Redis Cluster as they are.
 
 A tab that becomes visible is written at once (``mark_looking``); one that stops being visible
-takes its user out of ``looking`` at once, and any other worker on which that user still has a
-visible tab puts them back at its next write (within ``interval``). The last time a user was
-connected is kept for ``retention`` seconds (``last_seen``).
+takes its user out of ``looking`` at once and notes when (``tidings:presence:hidden``): any
+other worker on which that user still has a visible tab puts them back at its next write
+(within ``interval``), so "not looking, but a tab hid less than an interval ago" means "not
+sure yet" (``UserPresence.settled``). The last time a user was connected is kept for
+``retention`` seconds (``last_seen``).
 """
 
 from __future__ import annotations
@@ -27,16 +29,20 @@ from typing import Any, NamedTuple
 
 CONNECTED = "tidings:presence:connected"
 LOOKING = "tidings:presence:looking"
+HIDDEN = "tidings:presence:hidden"
 CHUNK = 1000
 TTL_INTERVALS = 2.5
 
 
 class UserPresence(NamedTuple):
-    """One user's presence: connected and looking now, and when last connected (Unix seconds)."""
+    """One user's presence: connected and looking now, when last connected (Unix seconds), and
+    whether "not looking" is settled: no tab of theirs hid within the last interval (another
+    device's tab may still be looking; its worker says so within an interval)."""
 
     online: bool
     looking: bool
     last_seen: float | None
+    settled: bool = True
 
 
 class Presence:
@@ -61,25 +67,27 @@ class Presence:
                 commands += 1
         # Forget who stopped looking long ago, and last-seen times past their retention.
         pipe.zremrangebyscore(LOOKING, "-inf", now - self.ttl)
+        pipe.zremrangebyscore(HIDDEN, "-inf", now - self.ttl)
         pipe.zremrangebyscore(CONNECTED, "-inf", now - self.retention)
         pipe.execute()
-        return commands + 2
+        return commands + 3
 
     def mark_looking(self, user_id: int, looking: bool, now: float | None = None) -> None:
-        """Write one user's change at once: looking since now, or no longer looking."""
+        """Write one user's change at once: looking since now, or no longer looking (since now)."""
+        now = time.time() if now is None else now
+        pipe = self.client.pipeline(transaction=False)
         if looking:
-            now = time.time() if now is None else now
-            pipe = self.client.pipeline(transaction=False)
             pipe.zadd(LOOKING, {user_id: now}, gt=True)
             pipe.zadd(CONNECTED, {user_id: now}, gt=True)
-            pipe.execute()
         else:
-            self.client.zrem(LOOKING, user_id)
+            pipe.zrem(LOOKING, user_id)
+            pipe.zadd(HIDDEN, {user_id: now})
+        pipe.execute()
 
     # -- reading (any process) ---------------------------------------------------------
 
     def of(self, user_ids: Iterable[int], now: float | None = None) -> dict[int, UserPresence]:
-        """The presence of each of ``user_ids`` (two commands, however many users)."""
+        """The presence of each of ``user_ids`` (three commands, however many users)."""
         ids = list(dict.fromkeys(user_ids))
         if not ids:
             return {}
@@ -87,16 +95,19 @@ class Presence:
         pipe = self.client.pipeline(transaction=False)
         pipe.zmscore(CONNECTED, ids)
         pipe.zmscore(LOOKING, ids)
-        connected, looking = pipe.execute()
-        fresh = now - self.ttl
+        pipe.zmscore(HIDDEN, ids)
+        connected, looking, hidden = pipe.execute()
         return {
-            user_id: UserPresence(
-                online=seen is not None and seen > fresh,
-                looking=look is not None and look > fresh and seen is not None and seen > fresh,
-                last_seen=seen,
-            )
-            for user_id, seen, look in zip(ids, connected, looking, strict=True)
+            user_id: self._state(now, seen, look, hid)
+            for user_id, seen, look, hid in zip(ids, connected, looking, hidden, strict=True)
         }
+
+    def _state(self, now: float, seen: float | None, look: float | None, hid: float | None) -> UserPresence:
+        fresh = now - self.ttl
+        online = seen is not None and seen > fresh
+        looking = online and look is not None and look > fresh
+        settled = looking or not online or hid is None or hid <= now - self.interval
+        return UserPresence(online, looking, seen, settled)
 
     def counts(self, now: float | None = None) -> tuple[int, int]:
         """How many users are connected, and how many looking, now."""
@@ -115,7 +126,7 @@ class MemoryPresence(Presence):
 
     def __init__(self, interval: float, retention: float = 30 * 86400) -> None:
         super().__init__(None, interval, retention)
-        self._sets: dict[str, dict[int, float]] = {CONNECTED: {}, LOOKING: {}}
+        self._sets: dict[str, dict[int, float]] = {CONNECTED: {}, LOOKING: {}, HIDDEN: {}}
 
     @classmethod
     def named(cls, url: str, interval: float) -> MemoryPresence:
@@ -142,17 +153,17 @@ class MemoryPresence(Presence):
             self._raise(CONNECTED, [user_id], now)
         else:
             self._sets[LOOKING].pop(user_id, None)
+            self._sets[HIDDEN][user_id] = now
 
     def of(self, user_ids: Iterable[int], now: float | None = None) -> dict[int, UserPresence]:
         now = time.time() if now is None else now
-        fresh = now - self.ttl
-        result = {}
-        for user_id in dict.fromkeys(user_ids):
-            seen = self._sets[CONNECTED].get(user_id)
-            look = self._sets[LOOKING].get(user_id)
-            online = seen is not None and seen > fresh
-            result[user_id] = UserPresence(online, online and look is not None and look > fresh, seen)
-        return result
+        sets = self._sets
+        return {
+            user_id: self._state(
+                now, sets[CONNECTED].get(user_id), sets[LOOKING].get(user_id), sets[HIDDEN].get(user_id)
+            )
+            for user_id in dict.fromkeys(user_ids)
+        }
 
     def counts(self, now: float | None = None) -> tuple[int, int]:
         now = time.time() if now is None else now

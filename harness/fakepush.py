@@ -113,6 +113,8 @@ class FakePushService:
                 self.send_header("Content-Length", "0")
                 if status in (429, 503):
                     self.send_header("Retry-After", "1")
+                if status in (301, 302, 307, 308):  # elsewhere on this service: never to be followed
+                    self.send_header("Location", f"{service.origin}/elsewhere")
                 self.end_headers()
                 if push is not None:
                     with service._changed:

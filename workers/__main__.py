@@ -14,7 +14,7 @@ from rq.job import Job
 from rq.worker import WorkerStatus
 
 from app.config import load_config
-from workers.jobs import on_work_horse_killed, preload_app, release_connections, remove_expired_tasks
+from workers.jobs import on_work_horse_killed, preload_app, remove_expired_tasks
 
 log = logging.getLogger("workers")
 
@@ -50,7 +50,6 @@ class TidingsWorker(Worker):
             self.perform_job(job, queue)
             self.set_state(WorkerStatus.IDLE)
             return
-        release_connections()
         super().execute_job(job, queue)
 
     def run_maintenance_tasks(self) -> None:

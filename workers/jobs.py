@@ -44,19 +44,19 @@ def get_app() -> Flask:
 
 def preload_app() -> None:
     """Build the app in the worker itself: the jobs it runs in-process (pushes) use it, and the
-    work horses it forks start with it built."""
+    processes it forks (work horses, the scheduler) start with it built, each with a database
+    pool of its own (SQLAlchemy's way after a fork: the parent's connections are left alone)."""
     global _app
     from app import create_app
 
     _app = create_app()
+    app = _app
 
+    def fresh_pool() -> None:
+        with app.app_context():
+            db.engine.dispose(close=False)
 
-def release_connections() -> None:
-    """Close this process's database connections: a forked work horse must not share them."""
-    if _app is not None:
-        with _app.app_context():
-            db.session.remove()
-            db.engine.dispose()
+    os.register_at_fork(after_in_child=fresh_pool)
 
 
 class ProgressReporter:

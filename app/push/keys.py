@@ -7,13 +7,14 @@ secret key. Every host of one site must use the same key: set ``VAPID_PRIVATE_KE
 from __future__ import annotations
 
 import base64
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from flask import Flask, current_app
 from py_vapid import Vapid, VapidException
+
+from app.config import kept_once
 
 KEY_FILE = "vapid_private_key.pem"
 EXTENSION_KEY = "push.vapid"
@@ -52,18 +53,13 @@ def load(raw: str | None, instance_path: str) -> Vapid:
                 "VAPID_PRIVATE_KEY must be a P-256 private key: PEM, or base64url of the raw key or "
                 f"its DER ({exc.__class__.__name__})"
             ) from None
-    path = Path(instance_path) / KEY_FILE
-    if not path.exists():
-        made = Vapid()
-        made.generate_keys()
-        try:  # O_EXCL: when two processes start at once, the loser reads the winner's key
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(made.private_pem())
-    return Vapid.from_pem(path.read_bytes())
+
+    def made() -> bytes:
+        vapid = Vapid()
+        vapid.generate_keys()
+        return vapid.private_pem()
+
+    return Vapid.from_pem(kept_once(Path(instance_path) / KEY_FILE, made))
 
 
 def init_app(app: Flask) -> None:

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from flask import current_app, flash, redirect, request, send_from_directory, url_for
 from flask_babel import gettext as _
 from flask_login import current_user, login_required
+from sqlalchemy.exc import IntegrityError
 
 from app.extensions import csrf, db
 from app.i18n import current_language
@@ -55,10 +56,14 @@ def subscribe():
         )
     except subscriptions.Refused as exc:
         return json_error(exc.status, str(exc))
-    row = subscriptions.store(
-        current_user, current_user.login_token, submitted, current_language(), request.user_agent.string
-    )
-    db.session.commit()
+    args = (current_user, current_user.login_token, submitted, current_language(), request.user_agent.string)
+    try:
+        row = subscriptions.store(*args)
+        db.session.commit()
+    except IntegrityError:  # the same endpoint stored by another request at this moment
+        db.session.rollback()
+        row = subscriptions.store(*args)
+        db.session.commit()
     devices = len(subscriptions.of_user(current_user.id))
     return {"id": row.id, "devices": devices}, 201
 

@@ -35,9 +35,9 @@ from pywebpush import WebPusher
 
 from app.extensions import db
 from app.i18n import in_language
-from app.models import Login, Message, Notification, PushSubscription, User, utcnow
+from app.models import Message, Notification, PushSubscription, User, utcnow
 from app.notifications import tidings
-from app.push import keys
+from app.push import keys, subscriptions
 from app.push.subscriptions import allowed, origin_of
 from app.tasks import queue_connection, task_queue
 from app.text import preview
@@ -52,6 +52,7 @@ MAX_ATTEMPTS = 4
 # A job stops starting deliveries after this long; the rest are retried (RQ kills it at JOB_TIMEOUT).
 DEADLINE_SECONDS = 40
 JOB_TIMEOUT = 60
+JOB_OPTIONS = {"job_timeout": JOB_TIMEOUT, "result_ttl": 0, "failure_ttl": 86400}
 PUSH_JOB = "workers.push.push_notification"
 RETRY_JOB = "workers.push.retry_push"
 
@@ -67,76 +68,78 @@ def schedule(user_id: int, event: Event) -> None:
     if not subscribed:
         return
     delay = current_app.config["PUSH_DELAY_SECONDS"]
-    options = {"job_timeout": JOB_TIMEOUT, "result_ttl": 0, "failure_ttl": 86400}
     queue = task_queue()
     if delay > 0:
-        queue.enqueue_in(timedelta(seconds=delay), PUSH_JOB, user_id, event.id, **options)
+        queue.enqueue_in(timedelta(seconds=delay), PUSH_JOB, user_id, event.id, **JOB_OPTIONS)
     else:
-        queue.enqueue(PUSH_JOB, user_id, event.id, **options)
+        queue.enqueue(PUSH_JOB, user_id, event.id, **JOB_OPTIONS)
 
 
 # -- when due (the background worker) -------------------------------------------------------
 
 
-def push_notification(user_id: int, notification_id: int) -> str:
+def push_notification(user_id: int, notification_id: int, deferred: bool = False) -> str:
     """Push one stored notification to the user's devices if the rule still says so; returns
-    what happened (``sent``, or why not)."""
-    note = db.session.get(Notification, notification_id)
-    if note is None or note.user_id != user_id:
-        return count("superseded")
-    user = db.session.get(User, user_id)
-    if user is None:
-        return count("superseded")
-    devices = open_subscriptions(user_id)
+    what happened (``sent …``, or why not)."""
+    subscriptions.remove_ended(user_id)
+    devices = subscriptions.of_user(user_id)
     if not devices:
         return "no devices"
-    if tidings.is_looking(user_id):
-        return count("looking")
+    due = _still_due(user_id, notification_id, may_wait=not deferred)
+    if isinstance(due, str):
+        return due
+    user, note = due
     topic = topic_of(note.key)
     sent = 0
     deadline = time.monotonic() + DEADLINE_SECONDS
     for device in devices:
-        payload = texts(user, note, device.language)
+        try:
+            payload = texts(user, note, device.language)
+        except LookupError as exc:
+            return count("failed", why=str(exc))
         if payload is None:
             return count("read")
         if time.monotonic() > deadline:
-            retry_later(device.id, payload, topic, 1, None)
+            retry_later(device, notification_id, topic, 1, None)
             continue
-        sent += deliver(device, payload, topic, attempt=1) == "sent"
+        sent += _deliver_one(device, payload, topic, notification_id) == "sent"
     return f"sent to {sent} of {len(devices)} devices"
 
 
-def retry_push(subscription_id: int, payload: dict, topic: str, attempt: int) -> str:
-    """Try a push again (a push service was busy or away), unless someone is looking by now."""
+def retry_push(subscription_id: int, endpoint: str, notification_id: int, topic: str, attempt: int) -> str:
+    """Try one device's push again (its push service was busy or away), if the rule still says
+    so and the subscription is still the one it was meant for."""
     device = db.session.get(PushSubscription, subscription_id)
-    if device is None:
+    if device is None or device.endpoint != endpoint:
         return "subscription gone"
-    if tidings.is_looking(device.user_id):
+    due = _still_due(device.user_id, notification_id, may_wait=False)
+    if isinstance(due, str):
+        return due
+    user, note = due
+    payload = texts(user, note, device.language)
+    if payload is None:
+        return count("read")
+    return _deliver_one(device, payload, topic, notification_id, attempt)
+
+
+def _still_due(user_id: int, notification_id: int, may_wait: bool) -> tuple[User, Notification] | str:
+    """The user and the notification if the rule still says "push": it is still the latest of its
+    key and no tab is looking. A tab hidden just now may have left another device's tab looking
+    (its worker says so within an interval): then, once, the push waits an interval more."""
+    note = db.session.get(Notification, notification_id)
+    user = db.session.get(User, user_id)
+    if note is None or user is None or note.user_id != user_id:
+        return count("superseded")  # a newer one of its key has its own turn
+    here = tidings.presence_of([user_id])[user_id]
+    if here.looking:
         return count("looking")
-    return deliver(device, payload, topic, attempt)
-
-
-def open_subscriptions(user_id: int) -> list[PushSubscription]:
-    """The user's subscriptions whose login is still open (a revoked one's were removed with it;
-    an expired one's go now)."""
-    rows = db.session.execute(
-        sa.select(PushSubscription, Login.revoked_at, Login.created_at, Login.last_used_at)
-        .join(Login, Login.id == PushSubscription.login_id)
-        .where(PushSubscription.user_id == user_id)
-    ).all()
-    config = current_app.config
-    born_after = utcnow() - timedelta(days=config["LOGIN_ABSOLUTE_DAYS"])
-    used_after = utcnow() - timedelta(hours=config["LOGIN_IDLE_HOURS"])
-    alive, ended = [], []
-    for device, revoked_at, created_at, last_used_at in rows:
-        if revoked_at is None and created_at > born_after and (last_used_at or created_at) > used_after:
-            alive.append(device)
-        else:
-            ended.append(device.id)
-    if ended:
-        db.session.execute(sa.delete(PushSubscription).where(PushSubscription.id.in_(ended)))
-        db.session.commit()
-    return alive
+    if not here.settled and may_wait:
+        wait = current_app.config["TIDINGS_PRESENCE_SECONDS"]
+        task_queue().enqueue_in(
+            timedelta(seconds=wait), PUSH_JOB, user_id, notification_id, True, **JOB_OPTIONS
+        )
+        return "waits for presence to settle"
+    return user, note
 
 
 # -- what a push says, in the recipient's language ------------------------------------------
@@ -146,6 +149,8 @@ def texts(user: User, note: Notification, device_language: str | None) -> dict[s
     """The push's ``title``, ``body``, ``url`` (same-origin path) and ``tag``, in the user's
     saved language (else the device's when it subscribed); None when it is no longer news."""
     data = json.loads(note.payload_json)
+    if note.name not in ("new_message", "announcement"):
+        raise LookupError(f"no push text for the kind {note.name!r}")
     with in_language(user.language or device_language):
         if note.name == "new_message" and isinstance(data, dict):
             return _message_texts(user, data)
@@ -183,24 +188,37 @@ def topic_of(key: str) -> str:
 # -- one push to one device -----------------------------------------------------------------
 
 
-def deliver(device: PushSubscription, payload: dict, topic: str, attempt: int) -> str:
+def _deliver_one(
+    device: PushSubscription, payload: dict, topic: str, notification_id: int, attempt: int = 1
+) -> str:
+    """``deliver``, whatever it meets: one device's trouble never stops the others."""
+    try:
+        return deliver(device, payload, topic, notification_id, attempt)
+    except Exception as exc:  # noqa: BLE001 - counted and summed up in the log, never the job's end
+        db.session.rollback()
+        return count("failed", why=f"{origin_of(device.endpoint)}: {exc.__class__.__name__}: {exc}")
+
+
+def deliver(device: PushSubscription, payload: dict, topic: str, notification_id: int, attempt: int) -> str:
     """Encrypt and send ``payload`` to ``device``; returns the outcome (see the module's doc)."""
     config = current_app.config
     origin = origin_of(device.endpoint)
     if not allowed(device.endpoint, config["PUSH_ALLOWED_ORIGINS"]):
         _delete(device)
         return count("gone", why=f"{origin} is no longer on PUSH_ALLOWED_ORIGINS")
-    vapid = keys.current()
-    headers = {**vapid.headers(origin), "Topic": topic, "Urgency": "normal"}
+    headers = {**keys.current().headers(origin), "Topic": topic, "Urgency": "normal"}
+    timeout = config["PUSH_TIMEOUT_SECONDS"]
     try:
         response = WebPusher(device.info(), requests_session=_session()).send(
             json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
             headers,
             ttl=config["PUSH_TTL_SECONDS"],
-            timeout=(min(5.0, config["PUSH_TIMEOUT_SECONDS"]), config["PUSH_TIMEOUT_SECONDS"]),
+            timeout=(timeout, timeout),
         )
     except requests.RequestException as exc:
-        return _retry_or_fail(device, payload, topic, attempt, None, f"{origin}: {exc.__class__.__name__}")
+        return _retry_or_fail(
+            device, notification_id, topic, attempt, None, f"{origin}: {exc.__class__.__name__}"
+        )
     status = response.status_code
     if status in (200, 201, 202):
         device.last_push_at = utcnow()
@@ -210,24 +228,25 @@ def deliver(device: PushSubscription, payload: dict, topic: str, attempt: int) -
         _delete(device)
         return count("gone")
     if status == 429 or status >= 500:
-        return _retry_or_fail(
-            device, payload, topic, attempt, response.headers.get("Retry-After"), f"{origin}: {status}"
-        )
+        retry_after = response.headers.get("Retry-After")
+        return _retry_or_fail(device, notification_id, topic, attempt, retry_after, f"{origin}: {status}")
     return count("failed", why=f"{origin} answered {status}: {response.text[:200]!r}")
 
 
-def _retry_or_fail(device, payload, topic, attempt: int, retry_after: str | None, why: str) -> str:
+def _retry_or_fail(
+    device, notification_id: int, topic: str, attempt: int, retry_after: str | None, why: str
+) -> str:
     if attempt >= MAX_ATTEMPTS:
         return count("failed", why=f"{why} (gave up after {attempt} attempts)")
-    retry_later(device.id, payload, topic, attempt + 1, retry_after)
+    retry_later(device, notification_id, topic, attempt + 1, retry_after)
     return count("retried", why=why)
 
 
 def retry_later(
-    subscription_id: int, payload: dict, topic: str, attempt: int, retry_after: str | None
+    device: PushSubscription, notification_id: int, topic: str, attempt: int, retry_after: str | None
 ) -> None:
     """Queue another attempt: after ``Retry-After`` seconds (at most an hour) if the push service
-    said, else 10 s, 40 s, 160 s."""
+    said, else 10 s, 40 s, 160 s. It is decided afresh when due (``retry_push``)."""
     try:
         delay = min(3600, max(1, int(retry_after))) if retry_after else 10 * 4 ** (attempt - 2)
     except ValueError:
@@ -235,13 +254,12 @@ def retry_later(
     task_queue().enqueue_in(
         timedelta(seconds=delay),
         RETRY_JOB,
-        subscription_id,
-        payload,
+        device.id,
+        device.endpoint,
+        notification_id,
         topic,
         attempt,
-        job_timeout=JOB_TIMEOUT,
-        result_ttl=0,
-        failure_ttl=86400,
+        **JOB_OPTIONS,
     )
 
 
@@ -250,11 +268,20 @@ def _delete(device: PushSubscription) -> None:
     db.session.commit()
 
 
+class _NoRedirects(requests.Session):
+    """A push service's redirect is never followed: the allow-list says where pushes may go, and
+    a 3xx is an answer like any other (counted as failed)."""
+
+    def request(self, *args, **kwargs):
+        kwargs["allow_redirects"] = False
+        return super().request(*args, **kwargs)
+
+
 def _session() -> requests.Session:
     """One HTTP session per process, trusting ``REQUESTS_CA_BUNDLE`` or ``SSL_CERT_FILE`` if set."""
     pid, session = current_app.extensions.get("push.session", (None, None))
     if pid != os.getpid():
-        session = requests.Session()
+        session = _NoRedirects()
         bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE")
         if bundle:
             session.verify = bundle

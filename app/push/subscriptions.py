@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from app.extensions import db
-from app.models import PUSH_ENDPOINT_MAX, Login, PushSubscription, User
+from app.models import PUSH_ENDPOINT_MAX, Login, PushSubscription, User, login_is_open
 
 # Devices one user may have subscribed; a new one beyond this replaces the oldest.
 MAX_DEVICES = 20
@@ -106,14 +106,19 @@ def parse(body: Any, origins: tuple[str, ...]) -> Submitted:
 def store(
     user: User, login_token: str, sub: Submitted, language: str | None, user_agent: str
 ) -> PushSubscription:
-    """Keep ``sub`` for this login (the same endpoint again: updated, whoever had it); at most
-    ``MAX_DEVICES`` per user, the oldest going first. The caller commits."""
+    """Keep ``sub`` for this login: the same endpoint again is updated; an endpoint that was
+    another user's (a shared browser) starts afresh as this one's. At most ``MAX_DEVICES`` per
+    user, the oldest going first. The caller commits."""
     login_id = db.session.scalar(sa.select(Login.id).where(Login.token == login_token))
     row = db.session.scalar(sa.select(PushSubscription).where(PushSubscription.endpoint == sub.endpoint))
+    if row is not None and row.user_id != user.id:
+        db.session.delete(row)  # nothing queued for its old owner may reach the new one (a new id)
+        db.session.flush()
+        row = None
     if row is None:
-        row = PushSubscription(endpoint=sub.endpoint)
+        row = PushSubscription(endpoint=sub.endpoint, user_id=user.id)
         db.session.add(row)
-    row.user_id, row.login_id = user.id, login_id
+    row.login_id = login_id
     row.p256dh, row.auth = sub.p256dh, sub.auth
     row.language, row.user_agent = language, user_agent[:256]
     db.session.flush()
@@ -129,14 +134,29 @@ def store(
 
 
 def of_user(user_id: int) -> list[PushSubscription]:
-    """The user's devices, newest first."""
+    """The user's devices whose login is open, newest first."""
     return list(
         db.session.scalars(
             sa.select(PushSubscription)
-            .where(PushSubscription.user_id == user_id)
+            .where(PushSubscription.user_id == user_id, PushSubscription.login_id.in_(_open_logins()))
             .order_by(PushSubscription.id.desc())
         )
     )
+
+
+def remove_ended(user_id: int) -> None:
+    """Remove the user's devices whose login has ended (expired; revoked ones went with it)."""
+    done = db.session.execute(
+        sa.delete(PushSubscription).where(
+            PushSubscription.user_id == user_id, PushSubscription.login_id.not_in(_open_logins())
+        )
+    )
+    if done.rowcount:
+        db.session.commit()
+
+
+def _open_logins():
+    return sa.select(Login.id).where(*login_is_open())
 
 
 def remove_of_logins(tokens: list[str]) -> None:

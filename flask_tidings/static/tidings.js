@@ -153,14 +153,27 @@
     return Object.keys(othersLooking).some(function (id) { return othersLooking[id] > now; });
   }
 
+  var lookingFailures = 0;
+  var lookingRetry = null;
+
   function sendLooking(value) {
     reported = value;
+    clearTimeout(lookingRetry);
     var headers = { "Content-Type": "application/json" };
     if (meta) headers["X-CSRFToken"] = meta.getAttribute("content");
     fetch(presenceUrl, {
       method: "POST", credentials: "same-origin", keepalive: true, headers: headers,
       body: JSON.stringify({ looking: value }),
-    }).catch(function () { reported = null; }); // said again at the next change or beat
+    }).then(function (r) {
+      if (r.ok) { lookingFailures = 0; return; }
+      if (r.status === 401) return; // logged out: the stream says so too
+      throw new Error(String(r.status));
+    }).catch(function () {
+      // Not heard (a 429, a 503, the network): the server must not keep a stale "looking",
+      // which would hold back pushes; say it again, backing off.
+      reported = null;
+      lookingRetry = setTimeout(function () { reportLooking(true); }, core.backoff(lookingFailures++, 2000, 60000));
+    });
   }
 
   // The stream's tab says what changed, a moment later (tabs flip as the user switches); a hidden

@@ -5,6 +5,7 @@ every push's VAPID signature and decrypts it with the device's keys, as a browse
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 import redis
@@ -13,7 +14,7 @@ import sqlalchemy as sa
 from harness.servers import LiveServer, WorkerProcess, wait_until
 
 SUBJECT = "mailto:ops@tidings.test"
-DELAY = 2
+DELAY = 4  # long enough for a test's sends and reads to land within it on a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -166,11 +167,35 @@ def test_a_gone_subscription_is_removed_and_a_busy_push_service_is_tried_again(p
 
 def test_a_push_service_that_hangs_costs_a_bounded_time(people, fake_push, push_env):
     alice, bob = people
-    slow = fake_push.device(hang=3)
+    slow = fake_push.device(hang=5)
     subscribe(bob, slow)
     before = stats(push_env)
+    sent_at = time.monotonic()
     assert alice.send(bob.username, "slow service").status_code == 302
     outcome(push_env, "retried", before)
+    # The delay, the 1 s read timeout (PUSH_TIMEOUT_SECONDS) and the scheduler's 1 s tick.
+    assert time.monotonic() - sent_at < DELAY + 1 + 3, "the worker gave up on the hanging service"
+    slow.hang = 0
+
+
+def test_a_redirect_is_never_followed_and_a_retry_is_decided_afresh(people, fake_push, push_env):
+    alice, bob = people
+    moved = fake_push.device(answers=[307])
+    subscribe(bob, moved)
+    before = stats(push_env)
+    assert alice.send(bob.username, "go elsewhere").status_code == 302
+    outcome(push_env, "failed", before)
+    assert [p.status for p in fake_push.to(moved)] == [307], "nothing went to the Location"
+    bob.script("DELETE", "/push/subscriptions", {"endpoint": moved.endpoint})
+
+    busy = fake_push.device(answers=[503])  # Retry-After: 1
+    subscribe(bob, busy)
+    before = stats(push_env)
+    assert alice.send(bob.username, "read before the retry").status_code == 302
+    outcome(push_env, "retried", before)
+    assert bob.http.get(f"/messages/{alice.username}").status_code == 200  # read meanwhile
+    outcome(push_env, "read", before)
+    assert [p.status for p in fake_push.to(busy)] == [503], "the retry saw it read and pushed nothing"
 
 
 def test_subscriptions_off_the_allow_list_or_malformed_are_refused_clearly(people, fake_push, push_env):

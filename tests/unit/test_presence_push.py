@@ -70,16 +70,22 @@ def test_one_worker_vouching_late_does_not_lower_another_workers_newer_word(pres
 def test_a_tab_that_hides_stops_looking_at_once_and_one_that_shows_starts_at_once(presence):
     presence.refresh({1}, {1}, now=1000)
     presence.mark_looking(1, False, now=1001)
-    assert not presence.of([1], now=1001)[1].looking and presence.of([1], now=1001)[1].online
-    presence.mark_looking(1, True, now=1002)
-    assert presence.of([1], now=1002)[1].looking
+    hidden = presence.of([1], now=1001)[1]
+    assert not hidden.looking and hidden.online
+    assert not hidden.settled, "another device's worker may still say it looks, within an interval"
+    presence.refresh({1}, {1}, now=1005)  # it does
+    assert presence.of([1], now=1006)[1].looking
+    presence.mark_looking(1, False, now=1007)
+    assert presence.of([1], now=1007 + 10)[1].settled, "nobody said so within the interval"
+    presence.mark_looking(1, True, now=1020)
+    assert presence.of([1], now=1020)[1].looking
 
 
 def test_a_worker_writes_its_users_in_chunks_not_one_command_per_stream():
     client = fakeredis.FakeRedis()
     presence = Presence(client, interval=10)
     users = set(range(CHUNK * 2 + 1))
-    assert presence.refresh(users, set(range(10)), now=1000) == 3 + 1 + 2  # 3 + 1 ZADDs, 2 trims
+    assert presence.refresh(users, set(range(10)), now=1000) == 3 + 1 + 3  # 3 + 1 ZADDs, 3 trims
     assert presence.counts(now=1001) == (len(users), 10)
 
 
@@ -297,3 +303,27 @@ def test_a_push_says_who_wrote_in_the_users_language_and_nothing_once_read(app, 
         db.session.execute(sa.update(Message).values(read_at=sa.func.now()))
         assert sending.texts(bob, note, None) is None
     assert re.fullmatch(r"[0-9a-f]{32}", sending.topic_of("conversation:" + "x" * 500))
+
+
+def test_an_endpoint_another_user_had_starts_afresh_and_logout_keeps_other_logins_devices(app, client, auth):
+    app.config["PUSH_ALLOWED_ORIGINS"] = ORIGINS
+    auth.create("alice"), auth.create("bob")
+    shared = subscription("https://push.example/shared-browser")
+    bobs_browser = app.test_client()
+    bobs_browser.post("/auth/login", data={"username": "bob", "password": auth.password})
+    bobs = bobs_browser.post("/push/subscriptions", json=shared).get_json()["id"]
+    laptop = app.test_client()
+    laptop.post("/auth/login", data={"username": "bob", "password": auth.password})
+    laptop.post("/push/subscriptions", json=subscription("https://push.example/bobs-laptop"))
+
+    auth.login("alice")  # on the browser bob used: it subscribes again, as alice
+    alices = client.post("/push/subscriptions", json=shared).get_json()["id"]
+    assert alices != bobs, "a new row: nothing queued for bob can reach alice's notifications"
+    assert bobs_browser.post("/auth/logout").status_code == 302
+    with app.app_context():
+        rows = db.session.execute(
+            sa.select(User.username, PushSubscription.endpoint).join(
+                User, User.id == PushSubscription.user_id
+            )
+        ).all()
+    assert sorted(rows) == [("alice", shared["endpoint"]), ("bob", "https://push.example/bobs-laptop")]
