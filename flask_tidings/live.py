@@ -43,6 +43,7 @@ from flask_tidings.fanout import PubSub, Subscription
 from flask_tidings.fences import raw_socket
 from flask_tidings.presence import Presence
 from flask_tidings.succession import PACKET_FDS, Successors
+from flask_tidings.tally import FailureTally
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +318,7 @@ class Streams:
         # The streams whose tab is looking, by user; users whose looking changed, to write.
         self._looking: dict[int, set[LiveStream]] = {}
         self._looking_changes: set[int] = set()
+        self._presence_failures = FailureTally(log, "write presence")
         # Every open stream, least recently written first (for the heartbeat).
         self._by_write: OrderedDict[LiveStream, None] = OrderedDict()
         self._released: list[tuple[Subscription, str | None]] = []
@@ -502,9 +504,15 @@ class Streams:
             del self._by_write[stream]
             telemetry.STREAMS_OPEN.dec()
         self._released.append((stream.sub, stream.lease))
-        if stream in self._looking.get(stream.sub.user_id, ()) and not stream.leaving:
-            stream.sub.looking = False
-            self.looking_changed(stream)
+        mine = self._looking.get(stream.sub.user_id)
+        if mine is not None and stream in mine:
+            if stream.leaving:  # carried to a successor, which says it looks from now on
+                mine.discard(stream)
+                if not mine:
+                    del self._looking[stream.sub.user_id]
+            else:  # the tab is gone: its looking goes with it
+                stream.sub.looking = False
+                self.looking_changed(stream)
         self._work.set()
 
     def looking_changed(self, stream: LiveStream) -> None:
@@ -565,25 +573,19 @@ class Streams:
             for user_id in changes if self.presence is not None else ():
                 try:
                     self.presence.mark_looking(user_id, user_id in self._looking)
-                except Exception as exc:  # noqa: BLE001 - said, and written again at the next vouching
-                    log.warning("could not write user %s's presence: %s", user_id, exc)
+                    self._presence_failures.succeeded()
+                except Exception as exc:  # noqa: BLE001 - summed up; the next vouching writes it again
+                    self._presence_failures.failed(exc)
 
     def _vouch(self) -> None:
         """Every interval, one write of this worker's users: connected, and those looking."""
-        failed = False
         while True:
             connected = {stream.sub.user_id for stream in self._by_write}
             try:
                 self.presence.refresh(connected, list(self._looking))
-                if failed:
-                    log.info("presence written again")
-                failed = False
-            except Exception as exc:  # noqa: BLE001 - Redis away: said once, retried next interval
-                if not failed:
-                    log.warning(
-                        "could not write presence (retrying every %.0f s): %s", self.presence.interval, exc
-                    )
-                failed = True
+                self._presence_failures.succeeded()
+            except Exception as exc:  # noqa: BLE001 - Redis away: summed up, tried again next interval
+                self._presence_failures.failed(exc)
             gevent.sleep(self.presence.interval)
 
     def _reread_user(self, user_id: int, streams: set[LiveStream]) -> None:

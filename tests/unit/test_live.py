@@ -344,3 +344,29 @@ def test_renewed_leases_outlive_their_first_term():
         gevent.sleep(0.15)
         cap.renew(leases, batch=1)
     assert cap.acquire(1) is None, "both streams still count"
+
+
+def test_a_worker_vouches_for_its_users_and_a_looking_tab_that_goes_takes_its_looking_along(hub, store):
+    from flask_tidings.presence import MemoryPresence
+
+    presence = MemoryPresence(interval=0.05)
+    streams = Streams(hub, store.read, heartbeat=60, presence=presence)
+    try:
+        looking, other = Subscription(1, "phone"), Subscription(2, "laptop")
+        _, phone = open_stream(streams, looking)
+        open_stream(streams, other)
+        looking.set_looking(True)  # the control message, as Fanout.dispatch delivers it
+
+        def state():
+            return presence.of([1, 2])
+
+        with gevent.Timeout(5):
+            while not (state()[1].looking and state()[2].online):
+                gevent.sleep(0.01)
+        assert not state()[2].looking
+        phone.sock.close()  # the looking tab's browser is gone (no goodbye)
+        with gevent.Timeout(5):
+            while state()[1].looking:
+                gevent.sleep(0.01)
+    finally:
+        streams.stop()
