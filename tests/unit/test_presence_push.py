@@ -327,3 +327,38 @@ def test_an_endpoint_another_user_had_starts_afresh_and_logout_keeps_other_login
             )
         ).all()
     assert sorted(rows) == [("alice", shared["endpoint"]), ("bob", "https://push.example/bobs-laptop")]
+
+
+# -- configuration and metrics ----------------------------------------------------------------------
+
+
+def test_the_vapid_key_is_made_once_and_kept_and_a_given_one_must_be_a_p256_key(tmp_path):
+    from app.config import vapid_subject
+    from app.push import keys
+
+    made = keys.load(None, str(tmp_path))
+    again = keys.load(None, str(tmp_path))
+    assert (
+        made.private_pem() == again.private_pem()
+        and (tmp_path / keys.KEY_FILE).stat().st_mode & 0o777 == 0o600
+    )
+    assert keys.load(made.private_pem().decode(), "/nonexistent").private_pem() == made.private_pem()
+    with pytest.raises(RuntimeError, match="VAPID_PRIVATE_KEY"):
+        keys.load("not a key", str(tmp_path))
+    assert vapid_subject(None, "https://tidings.example", "x") == "https://tidings.example"
+    assert vapid_subject(None, None, "Tidings <ops@tidings.example>") == "mailto:ops@tidings.example"
+    for bad in ("ops@tidings.example", "http://tidings.example", "mailto:nobody"):
+        with pytest.raises(RuntimeError, match="VAPID_SUBJECT"):
+            vapid_subject(bad, None, "x")
+
+
+def test_metrics_show_users_connected_and_looking_and_pushes_by_outcome(app, client, auth):
+    alice = auth.create("alice")
+    with app.app_context():
+        app.extensions["tidings"].presence.refresh({alice}, {alice})
+        sending.count("sent")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "tidings_users_connected 1.0" in text and "tidings_users_looking 1.0" in text
+    assert (
+        'tidings_push_total{outcome="sent"} 1.0' in text and 'tidings_push_total{outcome="gone"} 0.0' in text
+    )
