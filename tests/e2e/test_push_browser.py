@@ -8,6 +8,8 @@ browser's; the payload that service decrypts is handed to the real service worke
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import redis
@@ -78,6 +80,10 @@ def test_opt_in_then_a_push_while_the_tab_is_closed_shows_the_notification(
     optin.click()
     page.wait_for_selector("#device_list .this-device:not([hidden])")  # stored, listed, marked as this one
     assert page.locator("#push_optin").is_hidden()
+    assert page.locator("#presence[data-online=true]").is_visible(), "this tab makes bob online"
+    if os.environ.get("SCREENSHOT_DIR"):  # docs/push.md's picture (docs/testing.md)
+        page.set_viewport_size({"width": 900, "height": 640})
+        page.screenshot(path=str(Path(os.environ["SCREENSHOT_DIR"]) / "push-devices.png"))
     assert page.evaluate(
         "navigator.serviceWorker.controller && navigator.serviceWorker.controller.scriptURL"
     ).endswith("/sw.js")
