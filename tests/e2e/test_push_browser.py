@@ -14,19 +14,16 @@ from pathlib import Path
 import pytest
 import redis
 
-from harness.servers import LiveServer, WorkerProcess, wait_until
+from harness.servers import wait_until
 from tests.e2e.conftest import log_in
+from tests.integration.conftest import web_and_worker
 
 
 @pytest.fixture(scope="module")
 def server(server_env, fake_push, tmp_path_factory):
     env = {**server_env, **fake_push.settings(), "PUSH_DELAY_SECONDS": "1", "PRESENCE_INTERVAL_SECONDS": "1"}
-    logs = tmp_path_factory.mktemp("logs")
-    web = LiveServer(env, logs / "gunicorn.log").start()
-    worker = WorkerProcess(env, logs / "worker.log").start()
-    yield web
-    worker.stop()
-    web.stop()
+    with web_and_worker(env, tmp_path_factory.mktemp("logs")) as web:
+        yield web
 
 
 # The browser's push service, as far as the page can tell: subscribe() answers with our push

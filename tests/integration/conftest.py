@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from harness.clients import WebUser
 from harness.fakepush import FakePushService
-from harness.servers import LiveServer, NginxServer, RedisServer, make_server_env
+from harness.servers import LiveServer, NginxServer, RedisServer, WorkerProcess, make_server_env
 from harness.tools import NGINX, OPENSSL
 from tests.conftest import need, reset_database
 
@@ -95,3 +97,17 @@ def fake_push(tmp_path_factory) -> Iterator[FakePushService]:
     service = FakePushService(tmp_path_factory.mktemp("push")).start()
     yield service
     service.stop()
+
+
+@contextlib.contextmanager
+def web_and_worker(env: dict[str, str], logs: Path) -> Iterator[LiveServer]:
+    """A gunicorn and a ``python -m workers`` on ``env`` (logs in ``logs``); yields the gunicorn."""
+    web = LiveServer(env, logs / "gunicorn.log").start()
+    try:
+        worker = WorkerProcess(env, logs / "worker.log").start()
+        try:
+            yield web
+        finally:
+            worker.stop()
+    finally:
+        web.stop()

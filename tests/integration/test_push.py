@@ -11,7 +11,8 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from harness.servers import LiveServer, WorkerProcess, wait_until
+from harness.servers import wait_until
+from tests.integration.conftest import web_and_worker
 
 SUBJECT = "mailto:ops@tidings.test"
 DELAY = 4  # long enough for a test's sends and reads to land within it on a loaded machine
@@ -32,12 +33,8 @@ def push_env(sqlite_env, fake_push):
 @pytest.fixture(scope="module")
 def server(push_env, tmp_path_factory):
     """This module's gunicorn (``make_user`` registers users on it) and its RQ worker."""
-    logs = tmp_path_factory.mktemp("push-logs")
-    web = LiveServer(push_env, logs / "gunicorn.log").start()
-    worker = WorkerProcess(push_env, logs / "worker.log").start()
-    yield web
-    worker.stop()
-    web.stop()
+    with web_and_worker(push_env, tmp_path_factory.mktemp("push-logs")) as web:
+        yield web
 
 
 @pytest.fixture
