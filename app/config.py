@@ -10,9 +10,9 @@ from datetime import timedelta
 from pathlib import Path
 
 
-def _number_env(name: str, default, minimum, kind):
-    """Read a number (at least ``minimum``) of ``kind`` (int or float) from the environment,
-    refusing nonsense loudly."""
+def _number_env(name: str, default, minimum, kind, maximum=float("inf")):
+    """Read a number (at least ``minimum``, at most ``maximum``) of ``kind`` (int or float) from
+    the environment, refusing nonsense loudly."""
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -24,6 +24,8 @@ def _number_env(name: str, default, minimum, kind):
         ) from None
     if not value >= minimum or value == float("inf"):
         raise RuntimeError(f"{name} must be at least {minimum}, got {raw}")
+    if value > maximum:
+        raise RuntimeError(f"{name} must be at most {maximum}, got {raw}")
     return value
 
 
@@ -31,9 +33,9 @@ def _int_env(name: str, default: int, minimum: int = 1) -> int:
     return _number_env(name, default, minimum, int)
 
 
-def _float_env(name: str, default: float, minimum: float = 0.1) -> float:
+def _float_env(name: str, default: float, minimum: float = 0.1, maximum: float = float("inf")) -> float:
     """A number of seconds."""
-    return _number_env(name, default, minimum, float)
+    return _number_env(name, default, minimum, float, maximum)
 
 
 def kept_once(path: Path, make: Callable[[], bytes]) -> bytes:
@@ -292,7 +294,8 @@ def load_config(instance_path: str) -> dict:
         "PUSH_ALLOWED_ORIGINS": push_origins(os.environ.get("PUSH_ALLOWED_ORIGINS") or PUSH_SERVICES),
         "PUSH_DELAY_SECONDS": _float_env("PUSH_DELAY_SECONDS", 10.0, minimum=0),
         "PUSH_TTL_SECONDS": _int_env("PUSH_TTL_SECONDS", 86400, minimum=0),
-        "PUSH_TIMEOUT_SECONDS": _float_env("PUSH_TIMEOUT_SECONDS", 10.0, minimum=0.5),
+        # At most 15: a job's deliveries stop at 40 s and RQ ends it at 60 s (app/push/sending.py).
+        "PUSH_TIMEOUT_SECONDS": _float_env("PUSH_TIMEOUT_SECONDS", 10.0, minimum=0.5, maximum=15),
         # A bearer token that opens /metrics to other hosts (localhost may always read it).
         "METRICS_TOKEN": os.environ.get("METRICS_TOKEN") or None,
     }

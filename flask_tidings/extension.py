@@ -270,6 +270,12 @@ class Tidings:
         """When ``user`` last had a stream open (Unix seconds; now while they do), or None."""
         return self.presence_of([user])[_user_id(user)].last_seen
 
+    @property
+    def presence_settle_seconds(self) -> float:
+        """How long "not looking" may be unsettled after a tab hid (``UserPresence.settled``):
+        a decision that can wait should wait this long once."""
+        return _state().presence.settle
+
     def presence_counts(self) -> tuple[int, int]:
         """How many users are connected, and how many looking, across every worker and host."""
         return _state().presence.counts()

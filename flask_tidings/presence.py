@@ -36,8 +36,8 @@ TTL_INTERVALS = 2.5
 
 class UserPresence(NamedTuple):
     """One user's presence: connected and looking now, when last connected (Unix seconds), and
-    whether "not looking" is settled: no tab of theirs hid within the last interval (another
-    device's tab may still be looking; its worker says so within an interval)."""
+    whether "not looking" is settled: no tab of theirs hid within ``Presence.settle`` seconds
+    (another device's tab may still be looking; its worker says so within an interval)."""
 
     online: bool
     looking: bool
@@ -52,6 +52,9 @@ class Presence:
         self.client = client
         self.interval = interval
         self.ttl = interval * TTL_INTERVALS
+        # How long after a tab hid another worker may still be about to say its user looks: its
+        # next write comes within an interval plus the write itself; a second of slack more.
+        self.settle = interval * 1.5 + 1
         self.retention = retention
 
     # -- writing (a worker) ------------------------------------------------------------
@@ -106,7 +109,7 @@ class Presence:
         fresh = now - self.ttl
         online = seen is not None and seen > fresh
         looking = online and look is not None and look > fresh
-        settled = looking or not online or hid is None or hid <= now - self.interval
+        settled = looking or not online or hid is None or hid <= now - self.settle
         return UserPresence(online, looking, seen, settled)
 
     def counts(self, now: float | None = None) -> tuple[int, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -51,6 +52,12 @@ class TidingsWorker(Worker):
             self.set_state(WorkerStatus.IDLE)
             return
         super().execute_job(job, queue)
+
+    def kill_horse(self, sig=signal.SIGKILL) -> None:
+        """No work horse (a push running in-process): nothing to kill. RQ's would signal the
+        process group of pid 0, which is this worker's own."""
+        if self.horse_pid:
+            super().kill_horse(sig)
 
     def run_maintenance_tasks(self) -> None:
         """RQ's registry cleaning, then the retention of finished tasks."""

@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from flask import current_app
 from flask_babel import gettext, ngettext
 from pywebpush import WebPusher
+from rq.timeouts import BaseTimeoutException
 
 from app.extensions import db
 from app.i18n import in_language
@@ -100,7 +101,8 @@ def push_notification(user_id: int, notification_id: int, deferred: bool = False
         if payload is None:
             return count("read")
         if time.monotonic() > deadline:
-            retry_later(device, notification_id, topic, 1, None)
+            retry_later(device, notification_id, topic, 2, None)
+            count("retried", why="a job's deliveries ran past its deadline")
             continue
         sent += _deliver_one(device, payload, topic, notification_id) == "sent"
     return f"sent to {sent} of {len(devices)} devices"
@@ -134,7 +136,7 @@ def _still_due(user_id: int, notification_id: int, may_wait: bool) -> tuple[User
     if here.looking:
         return count("looking")
     if not here.settled and may_wait:
-        wait = current_app.config["TIDINGS_PRESENCE_SECONDS"]
+        wait = tidings.presence_settle_seconds + 1  # RQ's scheduler may run it a second early
         task_queue().enqueue_in(
             timedelta(seconds=wait), PUSH_JOB, user_id, notification_id, True, **JOB_OPTIONS
         )
@@ -194,6 +196,8 @@ def _deliver_one(
     """``deliver``, whatever it meets: one device's trouble never stops the others."""
     try:
         return deliver(device, payload, topic, notification_id, attempt)
+    except BaseTimeoutException:  # RQ's job timeout: the job ends here, as RQ means it to
+        raise
     except Exception as exc:  # noqa: BLE001 - counted and summed up in the log, never the job's end
         db.session.rollback()
         return count("failed", why=f"{origin_of(device.endpoint)}: {exc.__class__.__name__}: {exc}")

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric import ec
+from urllib3.util import parse_url
 
 from app.extensions import db
 from app.models import PUSH_ENDPOINT_MAX, Login, PushSubscription, User, login_is_open
@@ -37,19 +39,32 @@ class Submitted(NamedTuple):
     auth: str
 
 
+# An endpoint as RFC 3986 writes one: no backslash, space or other character that URL parsers
+# read differently (``https://127.0.0.1\\x.allowed.example`` is 127.0.0.1 to the HTTP client).
+ENDPOINT_RE = re.compile(
+    r"https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9\-._~%!$&'()*+,;=:@/?]*)?", re.IGNORECASE
+)
+BASE64URL_RE = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+
+
 def origin_of(endpoint: str) -> str:
-    """``https://host[:port]`` of an endpoint (the port only when not 443), lower case."""
-    parts = urlsplit(endpoint)
-    host = (parts.hostname or "").lower()
-    if ":" in host:
-        host = f"[{host}]"
+    """``https://host[:port]`` of an endpoint (the port only when not 443), lower case, as the
+    HTTP client that sends to it (urllib3, under requests) reads it."""
+    parts = parse_url(endpoint)
+    host = (parts.host or "").lower()
     port = parts.port
-    return f"{parts.scheme.lower()}://{host}" + (f":{port}" if port not in (None, 443) else "")
+    return f"{(parts.scheme or '').lower()}://{host}" + (f":{port}" if port not in (None, 443) else "")
 
 
 def allowed(endpoint: str, origins: tuple[str, ...]) -> bool:
-    """Whether ``endpoint``'s origin is one of ``origins`` (``https://*.d`` matches under ``d``)."""
-    origin = origin_of(endpoint)
+    """Whether ``endpoint`` is a plain https URL whose origin is one of ``origins``
+    (``https://*.d`` matches under ``d``)."""
+    if not ENDPOINT_RE.fullmatch(endpoint):
+        return False
+    try:
+        origin = origin_of(endpoint)
+    except ValueError:
+        return False
     for entry in origins:
         if entry.startswith("https://*."):
             if origin.startswith("https://") and origin.endswith(entry[len("https://*") :]):
@@ -60,10 +75,10 @@ def allowed(endpoint: str, origins: tuple[str, ...]) -> bool:
 
 
 def _decoded(value: Any, name: str, length: int) -> bytes:
-    if not isinstance(value, str) or not value or len(value) > 200:
+    if not isinstance(value, str) or not BASE64URL_RE.fullmatch(value) or len(value) > 200:
         raise Refused(f"keys.{name} must be a base64url string")
     try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        raw = base64.urlsafe_b64decode(value.rstrip("=") + "=" * (-len(value.rstrip("=")) % 4))
     except (binascii.Error, ValueError):
         raise Refused(f"keys.{name} is not base64url") from None
     if len(raw) != length:
@@ -87,8 +102,10 @@ def parse(body: Any, origins: tuple[str, ...]) -> Submitted:
         raise Refused("endpoint is not a URL") from None
     if parts.scheme.lower() != "https" or not parts.hostname:
         raise Refused("endpoint must be an https URL", 422)
-    if parts.username is not None or parts.password is not None or not endpoint.isprintable():
-        raise Refused("endpoint must not carry credentials or unprintable characters", 422)
+    if parts.username is not None or parts.password is not None:
+        raise Refused("endpoint must not carry credentials", 422)
+    if not ENDPOINT_RE.fullmatch(endpoint):
+        raise Refused("endpoint has characters a URL does not (RFC 3986)", 422)
     if not allowed(endpoint, origins):
         raise Refused(f"{origin_of(endpoint)} is not a push service this site sends to", 422)
     keys = body.get("keys")

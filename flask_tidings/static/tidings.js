@@ -153,12 +153,13 @@
     return Object.keys(othersLooking).some(function (id) { return othersLooking[id] > now; });
   }
 
+  var SETTLE_MS = 300; // switching tabs hides one a moment before the next one shows
   var lookingFailures = 0;
   var lookingRetry = null;
+  var retrying = false; // a report that failed waits for its backoff: nothing else sends meanwhile
 
   function sendLooking(value) {
     reported = value;
-    clearTimeout(lookingRetry);
     var headers = { "Content-Type": "application/json" };
     if (meta) headers["X-CSRFToken"] = meta.getAttribute("content");
     fetch(presenceUrl, {
@@ -172,18 +173,29 @@
       // Not heard (a 429, a 503, the network): the server must not keep a stale "looking",
       // which would hold back pushes; say it again, backing off.
       reported = null;
-      lookingRetry = setTimeout(function () { reportLooking(true); }, core.backoff(lookingFailures++, 2000, 60000));
+      retrying = true;
+      clearTimeout(lookingRetry);
+      lookingRetry = setTimeout(function () {
+        retrying = false;
+        reportLooking(true);
+      }, core.backoff(lookingFailures++, 2000, 60000));
     });
   }
 
-  // The stream's tab says what changed, a moment later (tabs flip as the user switches); a hidden
-  // page says it at once, for it may not run again. `force`: say it even if it did not change.
+  // The stream's tab says whether any tab looks, when that changed and has held for SETTLE_MS;
+  // a tab with no other tab to switch to says "no longer" at once (a hidden page may not run
+  // again). `force`: say it even if it did not change.
   function reportLooking(force) {
-    if (!presenceUrl || (role !== "leader" && role !== "own")) return;
+    if (!presenceUrl || (role !== "leader" && role !== "own") || retrying) return;
     if (force) reported = null;
     clearTimeout(reportTimer);
-    if (!looking()) { if (reported !== false) sendLooking(false); return; }
-    reportTimer = setTimeout(function () { if (reported !== true && looking()) sendLooking(true); }, 300);
+    function say() {
+      if (role !== "leader" && role !== "own") return; // a demoted leader says nothing more
+      var value = looking();
+      if (reported !== value) sendLooking(value);
+    }
+    if (!looking() && Object.keys(othersLooking).length === 0) say();
+    else reportTimer = setTimeout(say, SETTLE_MS);
   }
 
   function tellLeader() {

@@ -76,7 +76,8 @@ def test_a_tab_that_hides_stops_looking_at_once_and_one_that_shows_starts_at_onc
     presence.refresh({1}, {1}, now=1005)  # it does
     assert presence.of([1], now=1006)[1].looking
     presence.mark_looking(1, False, now=1007)
-    assert presence.of([1], now=1007 + 10)[1].settled, "nobody said so within the interval"
+    assert not presence.of([1], now=1007 + 10)[1].settled, "an interval and the write's own time"
+    assert presence.of([1], now=1007 + 16)[1].settled, "nobody said so within 1.5 intervals and 1 s"
     presence.mark_looking(1, True, now=1020)
     assert presence.of([1], now=1020)[1].looking
 
@@ -178,6 +179,8 @@ def test_profiles_and_the_directory_say_online_now_only_with_a_stream_somewhere(
         ("https://notify.windows.com.evil/x", 422),
         ("http://push.example/x", 422),
         ("https://me:pw@push.example/x", 422),
+        ("https://127.0.0.1\\x.notify.windows.com/a", 422),  # the HTTP client would go to 127.0.0.1
+        ("https://push.example/a b", 422),
         ("https://push.example:99999/x", 400),
         ("https://push.example/" + "x" * 1100, 400),
         ("", 400),
@@ -217,6 +220,7 @@ def test_keys_must_be_a_p256_point_and_a_16_byte_secret():
         ("p256dh", b64url(b"\x04" + b"\x01" * 64)),
         ("p256dh", "!!"),
         ("auth", b64url(b"short")),
+        ("auth", b64url(b"0123456789abcdef") + " " * 40),  # decoders skip what is not base64
     ]:
         with pytest.raises(subscriptions.Refused, match=name):
             subscriptions.parse({**good, "keys": {**good["keys"], name: value}}, ORIGINS)

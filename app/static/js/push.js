@@ -45,8 +45,20 @@
 
   var registration = navigator.serviceWorker.register("/sw.js", { scope: "/" });
 
+  // Whether the browser's subscription was made with the site's key (a site whose key changed
+  // gets 403s from push services for the old ones: such a device must subscribe again).
+  function ours(subscription) {
+    var key = subscription && subscription.options && subscription.options.applicationServerKey;
+    if (!key) return true; // the browser does not say: trust the server's list
+    var mine = keyBytes(section.getAttribute("data-vapid-key"));
+    var theirs = new Uint8Array(key);
+    if (theirs.length !== mine.length) return false;
+    for (var i = 0; i < mine.length; i++) if (theirs[i] !== mine[i]) return false;
+    return true;
+  }
+
   function show(subscription) {
-    var row = subscription && rowOf(subscription.endpoint);
+    var row = subscription && ours(subscription) && rowOf(subscription.endpoint);
     if (row) {
       row.querySelector(".this-device").hidden = false;
       say(section.getAttribute("data-notified"));
@@ -58,12 +70,10 @@
 
   function subscribe(reg) {
     var options = { userVisibleOnly: true, applicationServerKey: keyBytes(section.getAttribute("data-vapid-key")) };
-    return reg.pushManager.subscribe(options).catch(function (err) {
+    return reg.pushManager.getSubscription().then(function (old) {
       // Subscribed before with another key (the site's key changed): start afresh.
-      return reg.pushManager.getSubscription().then(function (old) {
-        if (!old) throw err;
-        return old.unsubscribe().then(function () { return reg.pushManager.subscribe(options); });
-      });
+      if (old && !ours(old)) return old.unsubscribe().then(function () { return reg.pushManager.subscribe(options); });
+      return reg.pushManager.subscribe(options);
     });
   }
 

@@ -40,8 +40,8 @@ self.addEventListener("push", function (event) {
   event.waitUntil(self.registration.showNotification(title, options));
 });
 
-// A click focuses a Tidings tab already on that page; else it brings a Tidings tab to it, else
-// opens it.
+// A click focuses a Tidings tab already on that page, else opens it (while the click still
+// allows a window to open), else brings an open Tidings tab to the front.
 self.addEventListener("notificationclick", function (event) {
   event.notification.close();
   var url = (event.notification.data && event.notification.data.url) || target("/");
@@ -49,13 +49,11 @@ self.addEventListener("notificationclick", function (event) {
     self.clients.matchAll({ type: "window", includeUncontrolled: true }).then(function (tabs) {
       var same = tabs.filter(function (tab) { return tab.url === url; })[0];
       if (same) return same.focus();
-      var ours = tabs.filter(function (tab) { return "navigate" in tab && tab.url.indexOf(self.location.origin) === 0; })[0];
-      if (ours) {
-        return ours.focus()
-          .then(function (tab) { return (tab || ours).navigate(url); })
-          .catch(function () { return self.clients.openWindow(url); });
-      }
-      return self.clients.openWindow(url);
+      var ours = tabs.filter(function (tab) { return tab.url.indexOf(self.location.origin + "/") === 0; })[0];
+      return self.clients.openWindow(url).then(
+        function (opened) { return opened || (ours && ours.focus()); },
+        function () { return ours && ours.focus(); }
+      );
     })
   );
 });
