@@ -42,9 +42,11 @@ from app.push import keys, subscriptions
 from app.push.subscriptions import allowed, origin_of
 from app.tasks import queue_connection, task_queue
 from app.text import preview
-from flask_tidings import Event
+from flask_tidings import Event, FailureTally
 
 log = logging.getLogger(__name__)
+# Queueing pushes while Redis is away: one line, then a count every 10 s, not a line per send.
+_queue_failures = FailureTally(log, "queue a push")
 
 STATS_KEY = "tidings:push:stats"
 LOGGED_KEY = "tidings:push:logged:"
@@ -69,11 +71,16 @@ def schedule(user_id: int, event: Event) -> None:
     if not subscribed:
         return
     delay = current_app.config["PUSH_DELAY_SECONDS"]
-    queue = task_queue()
-    if delay > 0:
-        queue.enqueue_in(timedelta(seconds=delay), PUSH_JOB, user_id, event.id, **JOB_OPTIONS)
+    try:
+        queue = task_queue()
+        if delay > 0:
+            queue.enqueue_in(timedelta(seconds=delay), PUSH_JOB, user_id, event.id, **JOB_OPTIONS)
+        else:
+            queue.enqueue(PUSH_JOB, user_id, event.id, **JOB_OPTIONS)
+    except redis.RedisError as exc:  # Redis away: the notification waits in the store, unpushed
+        _queue_failures.failed(exc)
     else:
-        queue.enqueue(PUSH_JOB, user_id, event.id, **JOB_OPTIONS)
+        _queue_failures.succeeded()
 
 
 # -- when due (the background worker) -------------------------------------------------------

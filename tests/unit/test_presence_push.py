@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from app.extensions import db
 from app.models import Message, Notification, PushSubscription, User
 from app.push import sending, subscriptions
+from flask_tidings import FailureTally
 from flask_tidings.fanout import Fanout, Subscription
 from flask_tidings.kinds import SESSION_LOOKING, Kind, Kinds, NotificationRefused, session_tag
 from flask_tidings.presence import CHUNK, MemoryPresence, Presence
@@ -366,3 +367,26 @@ def test_metrics_show_users_connected_and_looking_and_pushes_by_outcome(app, cli
     assert (
         'tidings_push_total{outcome="sent"} 1.0' in text and 'tidings_push_total{outcome="gone"} 0.0' in text
     )
+
+
+def test_a_send_while_the_queue_is_away_still_sends_and_says_so_once(app, client, auth, monkeypatch, caplog):
+    import redis as redis_py
+
+    app.config["PUSH_ALLOWED_ORIGINS"] = ORIGINS
+    auth.create("alice"), auth.create("bob")
+    bobs_browser = app.test_client()
+    bobs_browser.post("/auth/login", data={"username": "bob", "password": auth.password})
+    assert bobs_browser.post("/push/subscriptions", json=subscription()).status_code == 201
+
+    def away():
+        raise redis_py.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(sending, "task_queue", away)
+    monkeypatch.setattr(sending, "_queue_failures", FailureTally(sending.log, "queue a push"))
+    auth.login("alice")
+    for text in ("one", "two", "three"):
+        assert client.post("/messages/bob", data={"message": text}).status_code == 302
+    lines = [r for r in caplog.records if "queue a push" in r.getMessage()]
+    assert len(lines) == 1 and not any(r.exc_info for r in caplog.records)
+    with app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(Message)) == 3
