@@ -101,34 +101,6 @@ def test_tabs_on_different_hosts_get_every_event_and_logout_on_one_host_ends_the
     assert SSE.open(web2.url, "/stream", {"Cookie": bob.cookie_header()}, 10).status == 401
 
 
-def test_a_tab_on_host_1_is_online_on_host_2_and_offline_within_the_ttl_once_host_1_is_killed(
-    site, expect_log
-):
-    expect_log(r"Worker \(pid:\d+\) was sent SIGKILL")
-    web1, web2 = site["webs"]
-    dave, erin = browser(site["nginx"], "seendave"), browser(site["nginx"], "seenerin")
-
-    def online_on_host_2() -> bool:
-        page = web2.get(f"/user/{dave.username}", headers={"Cookie": erin.cookie_header()})
-        assert page.status_code == 200
-        return 'id="presence" data-online="true"' in page.text
-
-    assert not online_on_host_2(), "no tab yet"
-    tab = direct_stream(web1, dave)
-    wait_until(online_on_host_2, 10, "dave, whose tab is on host 1, online on host 2's pages")
-    assert 'data-online="true"' in web2.get("/users", headers={"Cookie": erin.cookie_header()}).text
-
-    killed_at = time.monotonic()
-    for worker in web1.workers():
-        worker.kill()  # kill -9: no goodbye to Redis, the stream's socket dies with it
-    wait_until(lambda: not online_on_host_2(), PRESENCE_TTL + 3, "dave offline")
-    assert time.monotonic() - killed_at <= PRESENCE_TTL + PRESENCE_INTERVAL + 1
-    # No ghost: host 1's master forks new workers, which serve again and know nothing of dave.
-    assert httpx.get(web1.url + "/healthz", timeout=30).status_code == 200
-    assert not online_on_host_2()
-    tab.close()
-
-
 class ProxiedTab:
     """A tab's EventSource through nginx (HTTP/2), reconnecting with Last-Event-ID."""
 
@@ -253,6 +225,34 @@ def test_a_deploy_of_each_host_in_turn_keeps_every_tab_on_its_one_connection(sit
         assert all(len(tab.connections) == 1 for tab in tabs), "a deploy cut a tab"
     for web in site["webs"]:
         assert "carried " in web.log()
+
+
+def test_a_tab_on_host_1_is_online_on_host_2_and_offline_within_the_ttl_once_host_1_is_killed(
+    site, expect_log
+):
+    expect_log(r"Worker \(pid:\d+\) was sent SIGKILL")
+    web1, web2 = site["webs"]
+    dave, erin = registered(web2.url, "seendave"), registered(web2.url, "seenerin")
+
+    def online_on_host_2() -> bool:
+        page = web2.get(f"/user/{dave.username}", headers={"Cookie": erin.cookie_header()})
+        assert page.status_code == 200
+        return 'id="presence" data-online="true"' in page.text
+
+    assert not online_on_host_2(), "no tab yet"
+    tab = direct_stream(web1, dave)
+    wait_until(online_on_host_2, 10, "dave, whose tab is on host 1, online on host 2's pages")
+    assert 'data-online="true"' in web2.get("/users", headers={"Cookie": erin.cookie_header()}).text
+
+    killed_at = time.monotonic()
+    for worker in web1.workers():
+        worker.kill()  # kill -9: no goodbye to Redis, the stream's socket dies with it
+    wait_until(lambda: not online_on_host_2(), PRESENCE_TTL + 3, "dave offline")
+    assert time.monotonic() - killed_at <= PRESENCE_TTL + PRESENCE_INTERVAL + 1
+    # No ghost: host 1's master forks new workers, which serve again and know nothing of dave.
+    assert httpx.get(web1.url + "/healthz", timeout=30).status_code == 200
+    assert not online_on_host_2()
+    tab.close()
 
 
 def test_a_killed_host_its_browsers_come_back_through_nginx_on_the_other(site, expect_log):
