@@ -318,7 +318,8 @@ class Streams:
         # The streams whose tab is looking, by user; users whose looking changed, to write.
         self._looking: dict[int, set[LiveStream]] = {}
         self._looking_changes: set[int] = set()
-        self._presence_failures = FailureTally(log, "write presence")
+        # Presence matters less than delivery: its failures are summed up once a minute.
+        self._presence_failures = FailureTally(log, "write presence", interval=60.0)
         # Every open stream, least recently written first (for the heartbeat).
         self._by_write: OrderedDict[LiveStream, None] = OrderedDict()
         self._released: list[tuple[Subscription, str | None]] = []
