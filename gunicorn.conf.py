@@ -5,9 +5,7 @@ its own after the fork (no preload), once gevent has patched the standard librar
 """
 
 import os
-import resource
 import sys
-import tempfile
 
 port = os.environ.get("PORT", "8000")
 bind = [os.environ.get("BIND") or f"127.0.0.1:{port}"]
@@ -34,28 +32,16 @@ loglevel = os.environ.get("LOG_LEVEL", "info")
 
 
 def on_starting(server):
-    """Refuse to believe forwarded headers on an exposed address without an allow-list; raise the
-    open-files limit (every stream is a descriptor); give the workers a metrics folder."""
+    """Refuse to believe forwarded headers on an exposed address without an allow-list; then
+    Flask-Tidings' own start (the open-files limit, the metrics folder)."""
     from app.config import refuse_exposed_proxy_trust
+    from flask_tidings.gunicorn import on_starting as tidings_on_starting
 
     refusal = refuse_exposed_proxy_trust(list(server.cfg.bind), dict(os.environ))
     if refusal:
         server.log.critical("not starting: %s", refusal)
         sys.exit(1)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        server.log.info("raised open files limit from %s to %s", soft, hard)
-    # prometheus_client's multiprocess mode: each worker writes its values in this folder and
-    # /metrics adds them up. It must be empty at start and set before any worker imports the app.
-    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-        for name in os.listdir(folder):
-            if name.endswith(".db"):
-                os.unlink(os.path.join(folder, name))
-    else:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tidings-metrics-")
+    tidings_on_starting(server)
 
 
 # Flask-Tidings' own hooks: the carrying folder goes with the master, a dead worker's live gauges

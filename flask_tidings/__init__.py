@@ -20,6 +20,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+__version__ = "0.2.0"
+
 if TYPE_CHECKING:
     from flask_tidings.events import Event
     from flask_tidings.extension import Identity, Tidings, flask_login_identity

@@ -17,6 +17,7 @@ import secrets
 import socket
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import gevent
 import gevent.event
@@ -60,7 +61,7 @@ class StreamCap:
         # An outage must not write a line per connect and close (issue 14): summed per interval.
         self.failures = FailureTally(log, "reach Redis for the stream cap (streams open uncapped)")
 
-    def acquire(self, user_id: int) -> str | None:
+    def acquire(self, user_id: Any) -> str | None:
         """A lease for one more stream of ``user_id``, or None when the user is at the cap.
 
         When Redis cannot be asked the stream is let through (with a warning): the cap
@@ -118,7 +119,7 @@ class StreamCap:
             self.client.script_load(_TAKE_LEASE)  # a restarted Redis forgot the script
         return results
 
-    def release(self, user_id: int, lease: str) -> None:
+    def release(self, user_id: Any, lease: str) -> None:
         """Give a closed stream's lease back."""
         if not self.limit:
             return
@@ -127,13 +128,13 @@ class StreamCap:
         except redis.RedisError as exc:
             self.failures.failed(exc)  # the lease expires by itself
 
-    def renew(self, leases: Iterable[tuple[int, str]], batch: int = 500) -> None:
+    def renew(self, leases: Iterable[tuple[str, str]], batch: int = 500) -> None:
         """Extend the leases of streams still open: two commands per user, ``batch`` users per
         round trip, yielding to the other greenlets between batches (50,000 streams must not
         hold the event loop for the time it takes to build every command at once)."""
         if not self.limit:
             return
-        by_user: dict[int, dict[str, float]] = {}
+        by_user: dict[str, dict[str, float]] = {}
         expires = time.time() + self.lease_seconds
         for user_id, lease in leases:
             by_user.setdefault(user_id, {})[lease] = expires

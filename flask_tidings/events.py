@@ -15,17 +15,22 @@ CHANNEL_PATTERN = CHANNEL_PREFIX + "*"
 MAX_MESSAGE_BYTES = 64 * 1024
 
 
-def channel_for(user_id: int) -> str:
+def user_key(user_id: Any) -> str:
+    """How the engine names a user everywhere outside the store: ``str`` of the app's own id
+    (an integer, a string or a UUID), as it appears in the channel name."""
+    return user_id if isinstance(user_id, str) else str(user_id)
+
+
+def channel_for(user_id: Any) -> str:
     """The Redis channel carrying ``user_id``'s notifications."""
-    return f"{CHANNEL_PREFIX}{user_id}"
+    return f"{CHANNEL_PREFIX}{user_key(user_id)}"
 
 
-def user_id_from_channel(channel: str) -> int | None:
-    """The user id a channel belongs to, or None for a foreign channel."""
+def user_id_from_channel(channel: str) -> str | None:
+    """The user key (``user_key``) a channel belongs to, or None for a foreign channel."""
     if not channel.startswith(CHANNEL_PREFIX):
         return None
-    tail = channel[len(CHANNEL_PREFIX) :]
-    return int(tail) if tail.isdigit() else None
+    return channel[len(CHANNEL_PREFIX) :] or None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any, NamedTuple
 
@@ -21,7 +22,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from flask_tidings import telemetry
-from flask_tidings.events import MAX_MESSAGE_BYTES, Event, channel_for
+from flask_tidings.events import MAX_MESSAGE_BYTES, Event, channel_for, user_key
 from flask_tidings.kinds import SESSION_ENDED, SESSION_LOOKING, Kind, Kinds, NotificationRefused, session_tag
 from flask_tidings.presence import MemoryPresence, Presence, UserPresence
 from flask_tidings.store import Store
@@ -47,9 +48,10 @@ DEFAULTS: dict[str, Any] = {
 
 
 class Identity(NamedTuple):
-    """Who a request is: the user's (integer) id and, optionally, which of their logins."""
+    """Who a request is: the user's id (as the app's user model has it: an integer, a string
+    or a UUID) and, optionally, which of their logins."""
 
-    user_id: int
+    user_id: Any
     login: str | None = None
 
 
@@ -62,11 +64,17 @@ def flask_login_identity() -> Identity | None:
         return None
     login = current_user.get_id()
     user_id = getattr(current_user, "id", None)
-    return Identity(int(user_id if user_id is not None else login), login)
+    return Identity(login if user_id is None else user_id, login)
 
 
-def _user_id(user: Any) -> int:
-    return user if isinstance(user, int) else int(user.id)
+def _user_id(user: Any) -> Any:
+    """The app's id of ``user``: a user object's ``id``, or ``user`` itself when it is an id."""
+    return user if isinstance(user, str | int | uuid.UUID) else user.id
+
+
+def _lock_order(user_id: Any) -> tuple:
+    """One order for any mix of ids (integers in their own order): locks never cross."""
+    return (0, user_id, "") if isinstance(user_id, int) else (1, 0, user_key(user_id))
 
 
 class Tidings:
@@ -92,7 +100,7 @@ class Tidings:
         self.store = store
         self.stream_decorators = list(stream_decorators)
         self.presence_decorators = list(presence_decorators)
-        self._pushable: list[Callable[[int, Event], None]] = []
+        self._pushable: list[Callable[[Any, Event], None]] = []
         self._identity: Callable[[], Identity | None] = flask_login_identity
         self._logins_open: Callable[[Collection[str]], set[str]] = set
         self._blueprint = None
@@ -101,9 +109,10 @@ class Tidings:
 
     # -- setting up ------------------------------------------------------------------
 
-    def init_app(self, app: Flask, *, store: Store | None = None) -> None:
-        """Bind to ``app``: config defaults, the blueprint, the template helpers, and the
-        streams a stopping worker carries here."""
+    def init_app(self, app: Flask, *, store: Store | None = None, url_prefix: str | None = None) -> None:
+        """Bind to ``app``: config defaults, the blueprint (its routes under ``url_prefix``,
+        e.g. ``"/live"``: ``/live/stream``), the template helpers, and the streams a stopping
+        worker carries here."""
         from flask_tidings import succession
         from flask_tidings.live import CARRIED
         from flask_tidings.views import make_blueprint
@@ -113,10 +122,13 @@ class Tidings:
             raise RuntimeError("Tidings needs a store: Tidings(store=SQLAlchemyStore(db, Notification))")
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
+        check = getattr(store, "check_app", None)
+        if check is not None:  # e.g. SQLAlchemyStore refusing a database it cannot lock on
+            check(app)
         state = app.extensions[EXTENSION_KEY] = _State(app, self, store)
         if self._blueprint is None:
             self._blueprint = make_blueprint(self)
-        app.register_blueprint(self._blueprint)
+        app.register_blueprint(self._blueprint, url_prefix=url_prefix)
         app.context_processor(lambda: {"tidings": _TemplateHelper(self)})
         succession.receive(CARRIED, lambda items: state.streams.carry_in(items))
 
@@ -124,7 +136,7 @@ class Tidings:
         """Declare a notification kind (see ``Kind``)."""
         return self.kinds.add(Kind(name, shown_as=shown_as, per=per, push=push))
 
-    def on_pushable(self, callback: Callable[[int, Event], None]) -> Callable[[int, Event], None]:
+    def on_pushable(self, callback: Callable[[Any, Event], None]) -> Callable[[Any, Event], None]:
         """Decorator: ``callback(user_id, event)`` runs after the commit that stored a notification
         of a kind declared with ``push=True`` (after it was published). It decides whether and
         when to reach the person outside the page, e.g. by queueing a job that pushes if they
@@ -193,7 +205,7 @@ class Tidings:
         users locks them all first with this, so two transactions naming the same users in
         another order wait for each other instead of deadlocking.
         """
-        for user_id in sorted({_user_id(u) for u in users}):
+        for user_id in sorted({_user_id(u) for u in users}, key=_lock_order):
             self.current_store.lock(user_id)
 
     def forget(self, user: Any, kind: str, data: Any = None) -> None:
@@ -253,10 +265,12 @@ class Tidings:
 
     # -- presence ----------------------------------------------------------------------
 
-    def presence_of(self, users: Iterable[Any]) -> dict[int, UserPresence]:
+    def presence_of(self, users: Iterable[Any]) -> dict[Any, UserPresence]:
         """Each user's presence (by id): connected on any worker or host, looking (a tab of
         theirs is visible), and when last connected (Unix seconds, or None). One round trip."""
-        return _state().presence.of(_user_id(u) for u in users)
+        ids = list(dict.fromkeys(_user_id(u) for u in users))
+        found = _state().presence.of(user_key(i) for i in ids)
+        return {i: found[user_key(i)] for i in ids}
 
     def is_online(self, user: Any) -> bool:
         """Whether ``user`` has a stream open on any worker or host (within the presence TTL)."""
@@ -356,7 +370,7 @@ def _state(app: Flask | None = None) -> _State:
     return (app or current_app).extensions[EXTENSION_KEY]
 
 
-def _publish_stored(user_id: int, event: Event) -> None:
+def _publish_stored(user_id: Any, event: Event) -> None:
     """After a commit: publish a stored notification (the store's ``on_commit``), then hand a
     pushable one to the app's ``on_pushable`` callbacks."""
     started = time.perf_counter()
@@ -479,7 +493,7 @@ class _State:
         self._redis = client
         self._presence = None
 
-    def publish(self, user_id: int, event: Event) -> bool:
+    def publish(self, user_id: Any, event: Event) -> bool:
         """PUBLISH (SPUBLISH on a cluster) on the user's channel; False, and a summed-up warning,
         when Redis is away: the notification is stored, and streams re-read the store when
         their hub reconnects."""
@@ -542,7 +556,7 @@ class _State:
 
             app, ext, store, config = self.app, self.ext, self.store, self.app.config
 
-            def read_store(user_id: int, since_id: int) -> list[Event]:
+            def read_store(user_id: str, since_id: int) -> list[Event]:
                 with app.app_context():
                     return store.since_id(user_id, since_id)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from flask_tidings import telemetry
-from flask_tidings.events import Event, user_id_from_channel
+from flask_tidings.events import Event, user_id_from_channel, user_key
 from flask_tidings.kinds import SESSION_ENDED, SESSION_LOOKING, session_tag
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ class PubSub(Protocol):
 
     connected: Any  # an Event-like: set while the backend can deliver (``wait(timeout)``)
 
-    def subscribe(self, user_id: int, session: str | None = None) -> Subscription:
+    def subscribe(self, user_id: Any, session: str | None = None) -> Subscription:
         """Register a stream for ``user_id``; returns once its channel is confirmed (or given up on)."""
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -42,7 +42,7 @@ class PubSub(Protocol):
     def shutdown(self) -> None:
         """Close every stream now (the worker stops)."""
 
-    def users(self) -> list[int]:
+    def users(self) -> list[str]:
         """The users with a stream here."""
 
     def stats(self) -> dict[str, Any]:
@@ -62,8 +62,8 @@ class Subscription:
 
     __slots__ = ("user_id", "login", "session_tag", "needs_reread", "closed", "looking", "_mailbox", "_sink")
 
-    def __init__(self, user_id: int, session: str | None) -> None:
-        self.user_id = user_id
+    def __init__(self, user_id: Any, session: str | None) -> None:
+        self.user_id = user_key(user_id)  # the app's id as a string: any type of id works
         self.login = session  # the login token, for a worker this stream is carried to
         self.session_tag = session_tag(session) if session else None
         self.needs_reread = False
@@ -128,7 +128,7 @@ class Fanout:
 
     def __init__(self, key_of: Callable[[str, Any], str] | None = None) -> None:
         self.key_of = key_of  # the kinds' store-key rule, for events read off a channel
-        self._subs: dict[int, set[Subscription]] = {}
+        self._subs: dict[str, set[Subscription]] = {}
 
     def add(self, sub: Subscription) -> bool:
         """Add a stream; True when it is its user's first here (subscribe the channel)."""
@@ -150,40 +150,41 @@ class Fanout:
         del self._subs[sub.user_id]
         return True
 
-    def take(self, user_id: int) -> set[Subscription]:
+    def take(self, user_id: Any) -> set[Subscription]:
         """Remove and return every stream of ``user_id`` (they move to another backend)."""
-        return self._subs.pop(user_id, set())
+        return self._subs.pop(user_key(user_id), set())
 
-    def put(self, user_id: int, subs: Iterable[Subscription]) -> bool:
+    def put(self, user_id: Any, subs: Iterable[Subscription]) -> bool:
         """Add streams of ``user_id``; True when the user had none here (subscribe the channel)."""
+        user_id = user_key(user_id)
         first = user_id not in self._subs
         self._subs.setdefault(user_id, set()).update(subs)
         return first
 
     def __contains__(self, user_id: object) -> bool:
-        return user_id in self._subs
+        return user_key(user_id) in self._subs
 
-    def users(self) -> list[int]:
+    def users(self) -> list[str]:
         """The users with a stream here."""
         return list(self._subs)
 
-    def streams_of(self, user_id: int) -> list[Subscription]:
+    def streams_of(self, user_id: Any) -> list[Subscription]:
         """The streams of ``user_id`` here."""
-        return list(self._subs.get(user_id, ()))
+        return list(self._subs.get(user_key(user_id), ()))
 
-    def request_reread(self, user_id: int) -> None:
+    def request_reread(self, user_id: Any) -> None:
         """Have every stream of ``user_id`` re-read the store (its channel was re-subscribed)."""
         for sub in self.streams_of(user_id):
             sub.request_reread()
 
-    def close_session(self, user_id: int, tag: str) -> int:
+    def close_session(self, user_id: Any, tag: str) -> int:
         """Close the streams of one login (``session_tag``); returns how many."""
         closed = [sub for sub in self.streams_of(user_id) if sub.session_tag == tag]
         for sub in closed:
             sub.close()
         return len(closed)
 
-    def close_user(self, user_id: int) -> int:
+    def close_user(self, user_id: Any) -> int:
         """Close every stream of ``user_id``; returns how many."""
         subs = self.streams_of(user_id)
         for sub in subs:

@@ -252,8 +252,34 @@ class StreamWorker(GeventWorker):
             gevent.sleep(0.1)
 
 
-# -- server hooks: ``from flask_tidings.gunicorn import on_exit, child_exit, post_worker_init``
-# in a gunicorn config file (or call them from the file's own hooks of the same names).
+# -- server hooks: ``from flask_tidings.gunicorn import *`` in a gunicorn config file gives
+# on_starting, on_exit, child_exit and post_worker_init (or call them from the file's own hooks
+# of the same names).
+
+__all__ = ["StreamWorker", "child_exit", "on_exit", "on_starting", "post_worker_init"]
+
+
+def on_starting(server: Any) -> None:
+    """Raise the open-files limit to its hard maximum (every open stream is a descriptor: at
+    Linux's usual 1,024 a worker holds fewer than 800 streams), and give the workers a folder
+    for prometheus_client's multiprocess mode, so ``/metrics`` adds up every worker."""
+    import os
+    import resource
+    import tempfile
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        server.log.info("raised the open files limit from %s to %s", soft, hard)
+    # Multiprocess mode wants an empty folder at start, named before any worker imports the app.
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        for name in os.listdir(folder):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(folder, name))
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tidings-metrics-")
 
 
 def on_exit(server: Any) -> None:

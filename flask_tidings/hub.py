@@ -28,7 +28,7 @@ from redis.exceptions import InvalidResponse
 from redis.retry import Retry
 
 from flask_tidings import telemetry
-from flask_tidings.events import channel_for, user_id_from_channel
+from flask_tidings.events import channel_for, user_id_from_channel, user_key
 from flask_tidings.fanout import Fanout, Subscription
 from flask_tidings.fences import redis_socket
 from flask_tidings.tally import FailureTally
@@ -131,7 +131,7 @@ class Hub:
 
     # -- streams' side -------------------------------------------------------------
 
-    def subscribe(self, user_id: int, session: str | None = None) -> Subscription:
+    def subscribe(self, user_id: Any, session: str | None = None) -> Subscription:
         """Register a stream for ``user_id``; returns once Redis confirmed the channel.
 
         When Redis is away it returns after ``subscribe_timeout``; the stream reads the
@@ -139,7 +139,7 @@ class Hub:
         """
         self.start()
         sub = Subscription(user_id, session)
-        channel = channel_for(user_id)
+        channel = channel_for(sub.user_id)
         if self.fanout.add(sub):
             telemetry.CHANNELS_SUBSCRIBED.inc()
             with self._write_lock:
@@ -163,12 +163,13 @@ class Hub:
             self._subscribed.discard(channel)
             self._send(self._unsubscribe_cmd, channel)
 
-    def users(self) -> list[int]:
+    def users(self) -> list[str]:
         """The users whose channels this hub subscribes."""
         return self.fanout.users()
 
-    def release(self, user_id: int, tell_server: bool = True) -> set[Subscription]:
+    def release(self, user_id: Any, tell_server: bool = True) -> set[Subscription]:
         """Give up ``user_id``'s channel and hand back its streams (they move to another hub)."""
+        user_id = user_key(user_id)
         subs = self.fanout.take(user_id)
         if not subs:
             return subs
@@ -185,7 +186,7 @@ class Hub:
             waiter.set()  # a connect waiting for it reads the store now; the new hub rereads it
         return subs
 
-    def adopt(self, user_id: int, subs: set[Subscription]) -> None:
+    def adopt(self, user_id: Any, subs: set[Subscription]) -> None:
         """Take over streams whose channel lived on another hub: subscribe it here, and have
         them re-read the store once it is confirmed (whatever was published meanwhile)."""
         if not subs:

@@ -38,7 +38,7 @@ import gevent.pool
 
 from flask_tidings import telemetry
 from flask_tidings.caps import StreamCap
-from flask_tidings.events import Event
+from flask_tidings.events import Event, user_key
 from flask_tidings.fanout import PubSub, Subscription
 from flask_tidings.fences import raw_socket
 from flask_tidings.presence import Presence
@@ -316,14 +316,14 @@ class Streams:
         self._read_store = read_store
         self.presence = presence
         # The streams whose tab is looking, by user; users whose looking changed, to write.
-        self._looking: dict[int, set[LiveStream]] = {}
-        self._looking_changes: set[int] = set()
+        self._looking: dict[str, set[LiveStream]] = {}
+        self._looking_changes: set[str] = set()
         # Presence matters less than delivery: its failures are summed up once a minute.
         self._presence_failures = FailureTally(log, "write presence", interval=60.0)
         # Every open stream, least recently written first (for the heartbeat).
         self._by_write: OrderedDict[LiveStream, None] = OrderedDict()
         self._released: list[tuple[Subscription, str | None]] = []
-        self._rereads: dict[int, set[LiveStream]] = {}
+        self._rereads: dict[str, set[LiveStream]] = {}
         self._work = gevent.event.Event()
         self._pool = gevent.pool.Pool(reread_concurrency)
         self._greenlets: list[gevent.Greenlet] = []
@@ -387,7 +387,7 @@ class Streams:
         if not successors.wait(self.handoff_seconds):
             log.warning("no worker to take %d streams over; closing them", len(self))
             return
-        by_user: dict[int, list[LiveStream]] = {}
+        by_user: dict[str, list[LiveStream]] = {}
         for stream in self._by_write:
             if stream.carriable:
                 by_user.setdefault(stream.sub.user_id, []).append(stream)
@@ -441,7 +441,9 @@ class Streams:
         def take(state: dict, fd: int) -> None:
             try:
                 unseen = Unseen.restore(state["unseen"])
-                user_id, login, lease = int(state["user"]), state["login"], state["lease"]
+                if not isinstance(state["user"], str | int) or isinstance(state["user"], bool):
+                    raise TypeError(f"a user key, not {state['user']!r}")
+                user_id, login, lease = user_key(state["user"]), state["login"], state["lease"]
                 looking = state.get("looking") is True
             except (KeyError, ValueError, TypeError, AttributeError) as exc:
                 log.warning("could not adopt a carried stream (%r); its browser reconnects", exc)
@@ -589,7 +591,7 @@ class Streams:
                 self._presence_failures.failed(exc)
             gevent.sleep(self.presence.interval)
 
-    def _reread_user(self, user_id: int, streams: set[LiveStream]) -> None:
+    def _reread_user(self, user_id: str, streams: set[LiveStream]) -> None:
         open_streams = [s for s in streams if not s.closed]
         if not open_streams:
             return

@@ -59,7 +59,7 @@ class MemoryHub:
         self.fanout.dispatch(channel, message)
         return int(before > 0)
 
-    def subscribe(self, user_id: int, session: str | None = None) -> Subscription:
+    def subscribe(self, user_id: Any, session: str | None = None) -> Subscription:
         sub = Subscription(user_id, session)
         self.fanout.add(sub)
         return sub
@@ -79,7 +79,7 @@ class MemoryHub:
         self.fanout.close_all()
         self.stop()
 
-    def users(self) -> list[int]:
+    def users(self) -> list[str]:
         return self.fanout.users()
 
     def stats(self) -> dict[str, Any]:

@@ -59,7 +59,7 @@ class Presence:
 
     # -- writing (a worker) ------------------------------------------------------------
 
-    def refresh(self, connected: Collection[int], looking: Collection[int], now: float | None = None) -> int:
+    def refresh(self, connected: Collection[str], looking: Collection[str], now: float | None = None) -> int:
         """Vouch for this worker's users; returns how many commands that took."""
         now = time.time() if now is None else now
         pipe = self.client.pipeline(transaction=False)
@@ -75,7 +75,7 @@ class Presence:
         pipe.execute()
         return commands + 3
 
-    def mark_looking(self, user_id: int, looking: bool, now: float | None = None) -> None:
+    def mark_looking(self, user_id: str, looking: bool, now: float | None = None) -> None:
         """Write one user's change at once: looking since now, or no longer looking (since now)."""
         now = time.time() if now is None else now
         pipe = self.client.pipeline(transaction=False)
@@ -89,7 +89,7 @@ class Presence:
 
     # -- reading (any process) ---------------------------------------------------------
 
-    def of(self, user_ids: Iterable[int], now: float | None = None) -> dict[int, UserPresence]:
+    def of(self, user_ids: Iterable[str], now: float | None = None) -> dict[str, UserPresence]:
         """The presence of each of ``user_ids`` (three commands, however many users)."""
         ids = list(dict.fromkeys(user_ids))
         if not ids:
@@ -138,18 +138,18 @@ class MemoryPresence(Presence):
             cls._named[url] = cls(interval)
         return cls._named[url]
 
-    def _raise(self, key: str, users: Iterable[int], now: float) -> None:
+    def _raise(self, key: str, users: Iterable[str], now: float) -> None:
         scores = self._sets[key]
         for user_id in users:
             scores[user_id] = max(scores.get(user_id, now), now)
 
-    def refresh(self, connected: Collection[int], looking: Collection[int], now: float | None = None) -> int:
+    def refresh(self, connected: Collection[str], looking: Collection[str], now: float | None = None) -> int:
         now = time.time() if now is None else now
         self._raise(CONNECTED, connected, now)
         self._raise(LOOKING, looking, now)
         return 0
 
-    def mark_looking(self, user_id: int, looking: bool, now: float | None = None) -> None:
+    def mark_looking(self, user_id: str, looking: bool, now: float | None = None) -> None:
         now = time.time() if now is None else now
         if looking:
             self._raise(LOOKING, [user_id], now)
@@ -158,7 +158,7 @@ class MemoryPresence(Presence):
             self._sets[LOOKING].pop(user_id, None)
             self._sets[HIDDEN][user_id] = now
 
-    def of(self, user_ids: Iterable[int], now: float | None = None) -> dict[int, UserPresence]:
+    def of(self, user_ids: Iterable[str], now: float | None = None) -> dict[str, UserPresence]:
         now = time.time() if now is None else now
         sets = self._sets
         return {
@@ -174,8 +174,8 @@ class MemoryPresence(Presence):
         return tuple(sum(1 for s in self._sets[k].values() if s > fresh) for k in (CONNECTED, LOOKING))
 
 
-def _chunks(items: Collection[int], size: int) -> Iterable[list[int]]:
-    batch: list[int] = []
+def _chunks(items: Collection[str], size: int) -> Iterable[list[str]]:
+    batch: list[str] = []
     for item in items:
         batch.append(item)
         if len(batch) == size:

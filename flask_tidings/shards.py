@@ -28,7 +28,7 @@ import gevent
 import redis
 from redis.cluster import RedisCluster
 
-from flask_tidings.events import channel_for, user_id_from_channel
+from flask_tidings.events import channel_for, user_id_from_channel, user_key
 from flask_tidings.fanout import Subscription
 from flask_tidings.fences import node_of_slot, refresh_slot_map
 from flask_tidings.hub import Hub
@@ -78,7 +78,7 @@ class ShardedHub:
 
     # -- where channels live ---------------------------------------------------------
 
-    def owner(self, user_id: int) -> str:
+    def owner(self, user_id: Any) -> str:
         """The name (``host:port``) of the master serving ``user_id``'s channel."""
         slot = self.cluster.keyslot(channel_for(user_id))
         return node_of_slot(self.cluster, slot)
@@ -94,7 +94,8 @@ class ShardedHub:
 
     # -- what streams ask of a hub ----------------------------------------------------
 
-    def subscribe(self, user_id: int, session: str | None = None) -> Subscription:
+    def subscribe(self, user_id: Any, session: str | None = None) -> Subscription:
+        user_id = user_key(user_id)
         node = self._home.get(user_id) or self.owner(user_id)
         self._home[user_id] = node
         return self._hub(node).subscribe(user_id, session)
@@ -108,7 +109,7 @@ class ShardedHub:
         if sub.user_id not in hub.users():
             self._home.pop(sub.user_id, None)
 
-    def users(self) -> list[int]:
+    def users(self) -> list[str]:
         """The users with a stream here, on any node."""
         return list(self._home)
 
@@ -143,7 +144,7 @@ class ShardedHub:
         if hub is not None and not self._rerouting:
             gevent.spawn(self._reroute, node, hub.users(), False)
 
-    def _reroute(self, node: str, users: list[int], node_alive: bool) -> None:
+    def _reroute(self, node: str, users: list[str], node_alive: bool) -> None:
         """Refresh the slot map and move the given users of ``node`` to where they live now."""
         self._rerouting = True
         try:

@@ -1,6 +1,7 @@
 """The notification value object and its wire formats."""
 
 import json
+import uuid
 
 import pytest
 
@@ -64,8 +65,13 @@ def test_from_json_refuses_what_is_not_a_notification(raw):
 
 def test_channels_and_keys():
     assert channel_for(12) == "notifications:12"
-    assert user_id_from_channel("notifications:12") == 12
-    assert user_id_from_channel("notifications:x") is None and user_id_from_channel("other:1") is None
+    # Any kind of user id: the channel ends with its string, which names the user in the engine.
+    assert user_id_from_channel("notifications:12") == "12"
+    assert channel_for("cd3bfb0a") == "notifications:cd3bfb0a"
+    assert user_id_from_channel("notifications:cd3bfb0a") == "cd3bfb0a"
+    uid = uuid.UUID("9f1c5b6e-0d6a-4a55-8c0e-6f1b2b3c4d5e")
+    assert user_id_from_channel(channel_for(uid)) == str(uid)
+    assert user_id_from_channel("notifications:") is None and user_id_from_channel("other:1") is None
     kinds = Kinds([Kind("unread_message_count"), Kind("task_progress", per="task_id")])
     assert kinds.key_of("unread_message_count", 3) == "unread_message_count"
     assert kinds.key_of("task_progress", {"task_id": "ab"}) == "task_progress:ab"

@@ -33,7 +33,8 @@ class Store:
         self.reads: list[int] = []
         self.fail = False
 
-    def read(self, user_id: int, since_id: int) -> list[Event]:
+    def read(self, user_id: str, since_id: int) -> list[Event]:
+        user_id = int(user_id)  # the engine names users by str(id); an integer-keyed store parses it
         self.reads.append(user_id)
         if self.fail:
             raise RuntimeError("database away")
@@ -357,16 +358,16 @@ def test_a_worker_vouches_for_its_users_and_a_looking_tab_that_goes_takes_its_lo
         open_stream(streams, other)
         looking.set_looking(True)  # the control message, as Fanout.dispatch delivers it
 
-        def state():
-            return presence.of([1, 2])
+        def state():  # presence names users as the engine does: by str(id)
+            return presence.of(["1", "2"])
 
         with gevent.Timeout(5):
-            while not (state()[1].looking and state()[2].online):
+            while not (state()["1"].looking and state()["2"].online):
                 gevent.sleep(0.01)
-        assert not state()[2].looking
+        assert not state()["2"].looking
         phone.sock.close()  # the looking tab's browser is gone (no goodbye)
         with gevent.Timeout(5):
-            while state()[1].looking:
+            while state()["1"].looking:
                 gevent.sleep(0.01)
     finally:
         streams.stop()

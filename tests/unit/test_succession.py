@@ -42,7 +42,7 @@ class Hub:
 
     def offer(self, user_id: int, event) -> None:
         for sub in list(self.subs):
-            if sub.user_id == user_id:
+            if sub.user_id == str(user_id):  # a subscription names its user by str(id)
                 sub.offer(event)
 
     def shutdown(self) -> None:
