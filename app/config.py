@@ -276,8 +276,14 @@ def load_config(instance_path: str) -> dict:
         "MAIL_PASSWORD": os.environ.get("MAIL_PASSWORD") or None,
         "MAIL_DEFAULT_SENDER": os.environ.get("MAIL_DEFAULT_SENDER") or "Tidings <noreply@localhost>",
         # Where links in mails point (e.g. https://tidings.example.org); required in production.
-        # Elsewhere, unset: the host the request that asked for the mail named.
+        # Elsewhere, unset: the origin of the request that asked for the mail, but only when its
+        # host is one of MAIL_LINK_HOSTS (loopback unless set): a forged Host gets no mail.
         "PUBLIC_URL": _public_url(production),
+        "MAIL_LINK_HOSTS": frozenset(
+            h.strip().lower().strip("[]")
+            for h in (os.environ.get("MAIL_LINK_HOSTS") or "127.0.0.1,localhost,::1").split(",")
+            if h.strip()
+        ),
         # How long a password-reset link works (it also stops once used).
         "RESET_TOKEN_SECONDS": _int_env("RESET_TOKEN_SECONDS", 1800),
         "RESET_RATE": os.environ.get("RESET_RATE") or "5 per hour",

@@ -9,6 +9,7 @@ from flask import Flask
 from flask_babel import lazy_gettext
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Engine
+from werkzeug.routing import IntegerConverter
 
 from app import i18n, service_kinds
 from app.config import load_config
@@ -17,9 +18,19 @@ from app.limits import limiter
 from app.mail import mail
 
 
+class RowId(IntegerConverter):
+    """``<int:…>`` in the site's routes names a row: at most 2**31 - 1, PostgreSQL's integer. A
+    larger number is a 404 like any unknown id, never an error from the database."""
+
+    def __init__(self, url_map: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max", 2**31 - 1)
+        super().__init__(url_map, *args, **kwargs)
+
+
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app: configuration from the environment, overridden by ``test_config``."""
     app = Flask(__name__, instance_relative_config=True)
+    app.url_map.converters["int"] = RowId  # before any route is added
     app.config.from_mapping(load_config(app.instance_path))
     if test_config:
         app.config.from_mapping(test_config)

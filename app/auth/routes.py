@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import redis
 import sqlalchemy as sa
@@ -209,6 +210,18 @@ def _user_of_reset(token: str) -> User | None:
     return user
 
 
+def link_origin() -> str | None:
+    """Where links in mails point: ``PUBLIC_URL``; without it (development) the request's own
+    origin, but only when its host is one of ``MAIL_LINK_HOSTS`` (loopback by default), so a
+    forged Host header never lands in someone's mail; None otherwise."""
+    configured = current_app.config["PUBLIC_URL"]
+    if configured:
+        return configured
+    if urlsplit(request.host_url).hostname in current_app.config["MAIL_LINK_HOSTS"]:
+        return request.host_url.rstrip("/")
+    return None
+
+
 @bp.route("/reset_password", methods=["GET", "POST"])
 @limiter.limit(
     setting("RESET_RATE"),
@@ -230,16 +243,20 @@ def reset_password_request():
         return redirect(url_for("main.index"))
     form = ResetRequestForm()
     if form.validate_on_submit():
-        base = current_app.config["PUBLIC_URL"] or request.host_url.rstrip("/")
+        base = link_origin()
         try:
-            task_queue().enqueue(
-                "workers.jobs.send_password_reset",
-                form.email.data,
-                base,
-                current_language(),
-                job_timeout=60,
-                retry=Retry(max=3, interval=[10, 60, 300]),  # the mail server may be away a while
-            )
+            if base is None:
+                # A Host nobody vouched for: no mail carries a link to it, and the answer is the same.
+                log.warning("no reset mail for a request to host %r: set PUBLIC_URL", request.host)
+            else:
+                task_queue().enqueue(
+                    "workers.jobs.send_password_reset",
+                    form.email.data,
+                    base,
+                    current_language(),
+                    job_timeout=60,
+                    retry=Retry(max=3, interval=[10, 60, 300]),  # the mail server may be away a while
+                )
         except redis.RedisError as exc:
             log.warning("could not queue a password-reset mail: %s", exc)
             form.form_errors.append(_("We cannot send mail right now. Please try again in a minute."))

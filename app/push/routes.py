@@ -58,12 +58,16 @@ def subscribe():
         return json_error(exc.status, str(exc))
     args = (current_user, current_user.login_token, submitted, current_language(), request.user_agent.string)
     try:
-        row = subscriptions.store(*args)
-        db.session.commit()
-    except IntegrityError:  # the same endpoint stored by another request at this moment
+        try:
+            row = subscriptions.store(*args)
+            db.session.commit()
+        except IntegrityError:  # the same endpoint stored by another request at this moment
+            db.session.rollback()
+            row = subscriptions.store(*args)
+            db.session.commit()
+    except subscriptions.Refused as exc:
         db.session.rollback()
-        row = subscriptions.store(*args)
-        db.session.commit()
+        return json_error(exc.status, str(exc))
     devices = len(subscriptions.of_user(current_user.id))
     return {"id": row.id, "devices": devices}, 201
 

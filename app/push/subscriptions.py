@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import re
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -26,7 +27,8 @@ MAX_DEVICES = 20
 
 
 class Refused(ValueError):
-    """A subscription the site will not store; ``status``: 400 (malformed) or 422 (not allowed)."""
+    """A subscription the site will not store; ``status``: 400 (malformed), 422 (not allowed) or
+    409 (another account's device)."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
@@ -124,11 +126,15 @@ def store(
     user: User, login_token: str, sub: Submitted, language: str | None, user_agent: str
 ) -> PushSubscription:
     """Keep ``sub`` for this login: the same endpoint again is updated; an endpoint that was
-    another user's (a shared browser) starts afresh as this one's. At most ``MAX_DEVICES`` per
-    user, the oldest going first. The caller commits."""
+    another user's starts afresh as this one's only with the same keys (a shared browser: its
+    subscription is the same), else ``Refused`` 409 (anyone who learned someone's endpoint
+    could take their device over with keys of their own). At most ``MAX_DEVICES`` per user,
+    the oldest going first. The caller commits."""
     login_id = db.session.scalar(sa.select(Login.id).where(Login.token == login_token))
     row = db.session.scalar(sa.select(PushSubscription).where(PushSubscription.endpoint == sub.endpoint))
     if row is not None and row.user_id != user.id:
+        if not (hmac.compare_digest(row.p256dh, sub.p256dh) and hmac.compare_digest(row.auth, sub.auth)):
+            raise Refused("this device is subscribed for another account", 409)
         db.session.delete(row)  # nothing queued for its old owner may reach the new one (a new id)
         db.session.flush()
         row = None

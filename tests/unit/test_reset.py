@@ -119,3 +119,33 @@ def _device_cookie(browser) -> str:
 
     cookie = browser.get_cookie(DEVICE_COOKIE, path="/auth/")
     return f"{DEVICE_COOKIE}={cookie.value}" if cookie else ""
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.0.0.1.evil.example"])
+def test_a_forged_host_header_gets_the_same_answer_and_no_mail_links_to_it(app, auth, client, host):
+    """Without PUBLIC_URL a link takes the request's origin only for a host the site vouches
+    for (MAIL_LINK_HOSTS, loopback by default): a reset asked with ``Host: evil.example``
+    would otherwise mail alice a link to the attacker's site."""
+    auth.create("alice")
+    honest, _ = ask(client, "nobody@example.com")
+    with mail.record_messages() as outbox:
+        forged = client.post(
+            "/auth/reset_password",
+            data={"email": "alice@example.com"},
+            headers={"Host": host},
+            follow_redirects=True,
+        )
+    assert forged.status_code == honest.status_code == 200
+    assert outbox == [], "no mail carries a link to a host nobody vouched for"
+    assert "alice@example.com" in forged.get_data(as_text=True)
+
+
+def test_public_url_sets_the_link_whatever_the_host_header(app, auth, client):
+    auth.create("alice")
+    app.config["PUBLIC_URL"] = "https://tidings.example"
+    with mail.record_messages() as outbox:
+        client.post(
+            "/auth/reset_password", data={"email": "alice@example.com"}, headers={"Host": "evil.example"}
+        )
+    assert len(outbox) == 1 and "https://tidings.example/auth/reset_password/" in outbox[0].body
+    assert "evil.example" not in outbox[0].body

@@ -37,6 +37,10 @@
   var TOAST_MS = 8000;
   var toasts = {}; // key -> {el, count, timer}
 
+  // Bidirectional embeddings, overrides and isolates are removed from what others wrote (app/text.py).
+  var BIDI_CONTROLS = /[\u202A-\u202E\u2066-\u2069]/g;
+  function plain(text) { return String(text).replace(BIDI_CONTROLS, ""); }
+
   function element(tag, className, text) {
     var el = document.createElement(tag);
     if (className) el.className = className;
@@ -63,9 +67,9 @@
       t.el.appendChild(element(href ? "a" : "div", "toast-body d-block"));
     }
     t.count += 1;
-    t.el.querySelector(".toast-title").textContent = typeof title === "function" ? title(t.count) : title;
+    t.el.querySelector(".toast-title").textContent = plain(typeof title === "function" ? title(t.count) : title);
     var content = t.el.querySelector(".toast-body");
-    content.textContent = body;
+    content.textContent = plain(body);
     if (href) content.href = href;
     box.insertBefore(t.el, box.firstChild);
     // A few passing toasts at most; services' toasts stay until dismissed, apart from these.
