@@ -551,7 +551,6 @@ class _State:
     def streams(self):
         self._forked()
         if self._streams is None:
-            from flask_tidings.caps import StreamCap
             from flask_tidings.live import Streams
 
             app, ext, store, config = self.app, self.ext, self.store, self.app.config
@@ -569,13 +568,22 @@ class _State:
                 read_store,
                 heartbeat=float(config["TIDINGS_HEARTBEAT_SECONDS"]),
                 capacity=int(config["TIDINGS_MAX_STREAMS_PER_WORKER"]),
-                cap=StreamCap(self.redis, int(config["TIDINGS_MAX_STREAMS_PER_USER"])),
+                cap=self._cap(int(config["TIDINGS_MAX_STREAMS_PER_USER"])),
                 drain_retry_ms=int(config["TIDINGS_DRAIN_RETRY_MS"]),
                 handoff_seconds=float(config["TIDINGS_HANDOFF_SECONDS"]),
                 open_logins=logins,
                 presence=self.presence,
             )
         return self._streams
+
+    def _cap(self, limit: int):
+        if self.in_memory:
+            from flask_tidings.memory import MemoryCap
+
+            return MemoryCap(limit)
+        from flask_tidings.caps import StreamCap
+
+        return StreamCap(self.redis, limit)
 
     @property
     def hub_started(self) -> bool:

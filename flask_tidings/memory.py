@@ -2,14 +2,17 @@
 
 ``TIDINGS_REDIS_URL = "memory://<name>"``: ``notify()`` and ``publish()`` hand each message
 straight to the fan-out of every hub of that name in this process, through the same parsing,
-control messages and subscriptions as Redis' messages. Only the pub/sub path: the stream cap
-and ``/stream`` itself need Redis and gunicorn's worker.
+control messages and subscriptions as Redis' messages; ``/stream`` opens under gunicorn's
+worker as with Redis, capped per user by ``MemoryCap``. One process: run one gunicorn worker.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from typing import Any
 
+from flask_tidings.events import user_key
 from flask_tidings.fanout import Fanout, Subscription
 
 _brokers: dict[str, MemoryBroker] = {}
@@ -84,3 +87,36 @@ class MemoryHub:
 
     def stats(self) -> dict[str, Any]:
         return {**self.fanout.stats(), "connected": True}
+
+
+class MemoryCap:
+    """The per-user stream cap (``caps.StreamCap``'s methods) over this process's streams."""
+
+    lease_seconds = 60.0  # how often the streams renew: nothing to do, but the loop runs
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._leases: dict[str, set[str]] = {}
+        self._names = (f"memory:{n}" for n in itertools.count())
+
+    def acquire(self, user_id: Any) -> str | None:
+        """A lease for one more stream of ``user_id``, or None when the user is at the cap."""
+        lease = next(self._names)
+        if not self.limit:
+            return lease
+        mine = self._leases.setdefault(user_key(user_id), set())
+        if len(mine) >= self.limit:
+            return None
+        mine.add(lease)
+        return lease
+
+    def release(self, user_id: Any, lease: str) -> None:
+        """Give a closed stream's lease back."""
+        mine = self._leases.get(user_key(user_id))
+        if mine is not None:
+            mine.discard(lease)
+            if not mine:
+                del self._leases[user_key(user_id)]
+
+    def renew(self, leases: Iterable[tuple[str, str]], batch: int = 500) -> None:
+        """Nothing to renew: a lease lives as long as its stream in this process."""

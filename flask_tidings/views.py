@@ -26,6 +26,19 @@ def json_error(status: int, message: str) -> Response:
     return response
 
 
+# On a 503 that no retry can mend (a server that cannot hold streams: `flask run`, a sync
+# worker), this header says why; the page script then polls /notifications instead.
+UNAVAILABLE_HEADER = "X-Tidings-Unavailable"
+
+
+def cannot_stream(message: str) -> Response:
+    """503: this server can never hold a stream; the page falls back to polling."""
+    log.critical("%s", message)
+    response = json_error(503, message)
+    response.headers[UNAVAILABLE_HEADER] = message
+    return response
+
+
 def make_blueprint(tidings: Tidings) -> Blueprint:
     """The blueprint serving ``tidings``' routes and its browser client (``static/``)."""
     bp = Blueprint("tidings", __name__, static_folder="static", static_url_path="/tidings/static")
@@ -63,12 +76,10 @@ def make_blueprint(tidings: Tidings) -> Blueprint:
         try:
             state.hub  # noqa: B018 - raises StreamingUnavailable in a process gevent has not patched
         except StreamingUnavailable as exc:
-            log.critical("%s", exc)
-            return json_error(503, str(exc))
+            return cannot_stream(str(exc))
         handover = request.environ.get(ENVIRON_KEY)
         if handover is None:
-            log.critical("%s", NO_HANDOVER)
-            return json_error(503, NO_HANDOVER)
+            return cannot_stream(NO_HANDOVER)
         if handover.refusal is not None:
             log.info("refused a stream: %s", handover.refusal)
             return _unavailable(handover.refusal)
@@ -98,7 +109,7 @@ def make_blueprint(tidings: Tidings) -> Blueprint:
         stream = decorate(stream)
     for decorate in tidings.presence_decorators:
         presence = decorate(presence)
-    bp.add_url_rule("/stream", "stream", stream)
+    bp.add_url_rule("/stream", "stream", stream)  # GET, and HEAD: the page's probe after a refusal
     bp.add_url_rule("/presence", "presence", presence, methods=["POST"])
     return bp
 

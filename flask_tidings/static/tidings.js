@@ -99,13 +99,32 @@
       if (source.readyState !== EventSource.CLOSED) return;
       source.close();
       source = null;
-      fetch(pollUrl + "?since=" + Date.now() / 1000, { credentials: "same-origin" })
+      // Why: a 401 (logged out), a server that can never hold a stream (it says so in a
+      // header: fall back to polling), or anything else (try again later).
+      fetch(streamUrl, { method: "HEAD", credentials: "same-origin" })
         .then(function (r) {
           if (r.status === 401) { loggedOut(); return; }
+          var why = r.headers.get("X-Tidings-Unavailable");
+          if (why) { fallBack(why); return; }
           retryLater();
         })
         .catch(retryLater);
     };
+  }
+
+  // This server cannot hold streams (`flask run`, a sync worker): every tab polls instead, and
+  // the page is told why once (the console, and a `tidings:fallback` event on document).
+  function fallBack(why) {
+    if (relay) relay.postMessage({ type: "poll" });
+    if (window.console) console.warn("Tidings: no live stream here (" + why + "); polling every 10 s instead.");
+    document.dispatchEvent(new CustomEvent("tidings:fallback", { detail: { reason: why } }));
+    pollInstead();
+  }
+
+  function pollInstead() {
+    if (relay) unshare();
+    else disconnect();
+    poll();
   }
 
   function retryLater() {
@@ -254,6 +273,8 @@
       setState(msg.open ? "open" : "connecting", "follower");
     } else if (msg.type === "logout") {
       toLogin();
+    } else if (msg.type === "poll") {
+      pollInstead();
     }
   }
 
@@ -298,6 +319,8 @@
   function poll() {
     var since = 0;
     var first = true;
+    role = "own";
+    setState("polling", "own");
     function tick() {
       fetch(pollUrl + "?since=" + since, { credentials: "same-origin" })
         .then(function (r) {

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 import time
 from pathlib import Path
 
 from playwright.sync_api import expect
 
-from harness.servers import wait_until
-from tests.e2e.conftest import wait_for_stream
+from harness.servers import BIN, ROOT, free_port, log_problems, wait_until
+from tests.e2e.conftest import log_in, wait_for_stream
 
 HTML_BODY = '<img src=x onerror="window.pwned=1"><b>bold</b>'
 
@@ -145,4 +147,45 @@ def test_without_eventsource_the_page_falls_back_to_polling(make_user, login_pag
         return badge.inner_text() == "1"
 
     wait_until(polled, 10, "a poll to bring the count")
-    assert page.get_attribute("body", "data-stream-state") is None, "no EventSource was opened"
+    assert page.get_attribute("body", "data-stream-state") == "polling", "no EventSource was opened"
+
+
+def test_under_flask_run_the_page_says_why_once_and_polls(browser, server, server_env, make_user, tmp_path):
+    """``flask run`` cannot hold a stream: /stream answers 503 with a header saying why, and the
+    page (every tab of it) polls /notifications instead of retrying the stream for ever."""
+    alice, bob = make_user("alice"), make_user("bob")
+    port = free_port()
+    log = tmp_path / "flask-run.log"
+    dev = subprocess.Popen(
+        [BIN / "flask", "--app", "wsgi", "run", "--port", str(port)],
+        cwd=ROOT,
+        env={**server_env, "FLASK_RUN_HOST": "127.0.0.1"},
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: b"Running on" in log.read_bytes(), 30, "flask run to serve")
+        context = browser.new_context(base_url=url)
+        context.clock.install()
+        warnings = []
+        page = context.new_page()
+        page.on("console", lambda m: warnings.append(m.text) if m.type == "warning" else None)
+        log_in(page, bob, url)
+        page.wait_for_selector("body[data-stream-state=polling]", state="attached", timeout=10_000)
+        alice.send(bob.username, "polled under flask run")
+        badge = page.locator("#message_count")
+
+        def polled() -> bool:
+            page.clock.fast_forward(10_000)
+            return badge.inner_text() == "1"
+
+        wait_until(polled, 10, "a poll to bring the count")
+        said = [w for w in warnings if "no live stream here" in w]
+        assert len(said) == 1 and "gunicorn" in said[0], warnings
+        context.close()
+    finally:
+        dev.terminate()
+        dev.wait(10)
+    # Its one critical line is the reason the page was told; nothing else went wrong.
+    assert log_problems(log.read_text(errors="replace"), [re.compile("/stream needs")]) == []

@@ -49,19 +49,22 @@ def stranger_venv(tmp_path_factory) -> Path:
     return env_dir
 
 
-@pytest.fixture
-def shop(stranger_venv, tmp_path, redis_url):
-    """The shop's gunicorn (two workers) from the stranger's venv, on its own SQLite database."""
+@pytest.fixture(params=["redis", "memory"])
+def shop(request, stranger_venv, tmp_path):
+    """The shop's gunicorn from the stranger's venv, on its own SQLite database: two workers on
+    Redis, or one on the in-memory backend (``memory://``: no Redis, one process)."""
+    memory = request.param == "memory"
+    workers = "1" if memory else "2"
     env = {
-        "REDIS_URL": redis_url,
+        "REDIS_URL": "memory://shop" if memory else request.getfixturevalue("redis_url"),
         "DATABASE_URL": f"sqlite:///{tmp_path / 'shop.db'}",
-        "WEB_CONCURRENCY": "2",
+        "WEB_CONCURRENCY": workers,
         # Nothing of this checkout's own environment: only what the stranger's venv installed.
         "PYTHONPATH": "",
         "VIRTUAL_ENV": str(stranger_venv),
     }
     server = LiveServer(
-        env, tmp_path / "gunicorn.log", "-w", "2", app="shop:app", cwd=SHOP, ready_path="/about"
+        env, tmp_path / "gunicorn.log", "-w", workers, app="shop:app", cwd=SHOP, ready_path="/about"
     )
     server.command[0] = stranger_venv / "bin" / "gunicorn"
     server.start()
