@@ -76,7 +76,7 @@ RATE_LIMITS = {
     "REGISTER_RATE": "10 per hour",  # registrations from one client address
     "SEND_RATE": "30 per minute",  # private messages one user sends
     "TYPING_RATE": "40 per minute",  # "is typing" signals one user sends
-    "API_RATE": "600 per minute",  # publish API requests one service key makes
+    "API_RATE": "6000 per minute",  # notifications one service key publishes (a batch counts each)
     "EXPORT_RATE": "10 per hour",  # exports one user starts
     "STREAM_RATE": "120 per minute",  # /stream connections one user opens
     "PRESENCE_RATE": "120 per minute",  # "a tab is looking / no longer" changes one user's pages say
@@ -230,6 +230,8 @@ def load_config(instance_path: str) -> dict:
         "EXPORT_SLOWDOWN_SECONDS": float(os.environ.get("EXPORT_SLOWDOWN_SECONDS") or 0),
         # Forms are small; anything bigger than this is refused with 413.
         "MAX_CONTENT_LENGTH": 64 * 1024,
+        # The publish API's data, as compact JSON: a toast's fields, not a document.
+        "API_MAX_DATA_BYTES": _int_env("API_MAX_DATA_BYTES", 8192, minimum=2),
         "BOOTSTRAP_SERVE_LOCAL": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "REMEMBER_COOKIE_SAMESITE": "Lax",

@@ -22,7 +22,9 @@ from flask import Flask
 
 from flask_tidings import Kind, Tidings
 
-FIELDS = {"per", "title", "body", "link"}
+FIELDS = {"per", "keep", "title", "body", "link"}
+# With ``per``: how many of a kind one user's store keeps (the newest), unless the file says.
+KEEP = 20
 KIND_NAME = r"[A-Za-z0-9_.:-]{1,64}"  # as the publish API takes it
 PENDING_SHOWN = 5  # the newest stored service notifications a page shows on load
 SHOWN_AS = "a toast from a service's template (NOTIFICATION_KINDS_FILE)"
@@ -34,13 +36,14 @@ class KindsFileError(ValueError):
 
 @dataclass(frozen=True)
 class ServiceKind:
-    """How one service kind is kept (``per``) and shown (``title``, ``body``, ``link``)."""
+    """How one service kind is kept (``per``, ``keep``) and shown (``title``, ``body``, ``link``)."""
 
     name: str
     title: str
     body: str = ""
     link: str | None = None
     per: str | None = None
+    keep: int = KEEP
 
     def shown(self) -> dict:
         """What the page needs to show it."""
@@ -85,6 +88,9 @@ def parse(raw: str, source: str = "the kinds file") -> list[ServiceKind]:
         per = settings.get("per")
         if per is not None and (not isinstance(per, str) or not per.isidentifier()):
             raise KindsFileError(f"{name}.per must name a data field")
+        keep = settings.get("keep", KEEP)
+        if not isinstance(keep, int) or isinstance(keep, bool) or not 1 <= keep <= 1000:
+            raise KindsFileError(f"{name}.keep must be a whole number from 1 to 1000")
         kinds.append(
             ServiceKind(
                 name=name,
@@ -92,6 +98,7 @@ def parse(raw: str, source: str = "the kinds file") -> list[ServiceKind]:
                 body=_template(name, "body", settings.get("body", "")),
                 link=link,
                 per=per,
+                keep=keep,
             )
         )
     return kinds
@@ -131,7 +138,7 @@ def init_app(app: Flask, tidings: Tidings) -> None:
             if kind.name in tidings.kinds and tidings.kinds[kind.name].shown_as != SHOWN_AS:
                 raise KindsFileError(f"{kind.name} is one of the site's own kinds")
             try:
-                tidings.kinds.add(Kind(kind.name, SHOWN_AS, per=kind.per))
+                tidings.kinds.add(Kind(kind.name, SHOWN_AS, per=kind.per, keep=kind.keep))
             except ValueError as exc:
                 raise KindsFileError(f"{kind.name}: {exc}") from None
             kinds[kind.name] = kind

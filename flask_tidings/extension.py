@@ -132,9 +132,11 @@ class Tidings:
         app.context_processor(lambda: {"tidings": _TemplateHelper(self)})
         succession.receive(CARRIED, lambda items: state.streams.carry_in(items))
 
-    def kind(self, name: str, *, per: str | None = None, shown_as: str = "", push: bool = False) -> Kind:
+    def kind(
+        self, name: str, *, per: str | None = None, shown_as: str = "", push: bool = False, keep: int = 100
+    ) -> Kind:
         """Declare a notification kind (see ``Kind``)."""
-        return self.kinds.add(Kind(name, shown_as=shown_as, per=per, push=push))
+        return self.kinds.add(Kind(name, shown_as=shown_as, per=per, push=push, keep=keep))
 
     def on_pushable(self, callback: Callable[[Any, Event], None]) -> Callable[[Any, Event], None]:
         """Decorator: ``callback(user_id, event)`` runs after the commit that stored a notification
@@ -196,7 +198,10 @@ class Tidings:
         if callable(data):
             data = data()
         payload = encode(data)
-        return store.add(user_id, kind, declared.key(data), payload, _publish_stored)
+        event = store.add(user_id, kind, declared.key(data), payload, _publish_stored)
+        if declared.per and hasattr(store, "trim"):
+            store.trim(user_id, kind, declared.keep)
+        return event
 
     def lock(self, *users: Any) -> None:
         """Lock these users' notifications until the current transaction ends, in id order.

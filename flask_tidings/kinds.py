@@ -30,6 +30,8 @@ class Kind:
 
     ``per`` names the data field that tells several notifications of this kind apart (each
     kept in the store, e.g. one progress per task), or None: a new one replaces the last.
+    ``keep``: with ``per``, how many of this kind a user's store keeps at most, the newest (so
+    a sender of many distinct values cannot grow a user's store, and with it every replay).
     ``shown_as`` says, for the reader of the code, what the page does with it. ``push``: it may
     reach a person with no tab looking (``Tidings.on_pushable``, docs/push.md).
     """
@@ -38,6 +40,7 @@ class Kind:
     shown_as: str = ""
     per: str | None = None
     push: bool = False
+    keep: int = 100
 
     def key(self, data: Any) -> str:
         """What a notification of this kind replaces in the user's store. A ``per`` value that

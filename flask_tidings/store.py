@@ -44,6 +44,10 @@ class Store(Protocol):
     def forget(self, user_id: Any, key: str) -> None:
         """Delete ``user_id``'s notification of ``key`` in the caller's transaction."""
 
+    def trim(self, user_id: Any, name: str, keep: int) -> None:
+        """(Optional.) Keep only the newest ``keep`` of ``user_id``'s notifications named ``name``,
+        in the caller's transaction."""
+
     def since_id(self, user_id: Any, since_id: int) -> list[Event]:
         """The user's notifications with id above ``since_id``, oldest first (every stream connect)."""
 
@@ -210,6 +214,18 @@ class SQLAlchemyStore:
         """Delete the user's notification of ``key`` in this transaction."""
         m = self.model
         self.db.session.execute(sa.delete(m).where(m.user_id == self._native(user_id), m.key == key))
+
+    def trim(self, user_id: Any, name: str, keep: int) -> None:
+        """Keep the newest ``keep`` of the user's notifications named ``name`` (a kind with
+        ``per``), in this transaction: one read of the id after the ``keep`` newest, and a
+        delete only when there is one (two statements: MySQL cannot delete from a table it
+        reads in a subquery)."""
+        m = self.model
+        mine = (m.user_id == self._native(user_id), m.name == name)
+        session = self.db.session
+        cut = session.scalar(sa.select(m.id).where(*mine).order_by(m.id.desc()).offset(keep).limit(1))
+        if cut is not None:
+            session.execute(sa.delete(m).where(*mine, m.id <= cut))
 
     def since_id(self, user_id: Any, since_id: int) -> list[Event]:
         """The user's notifications with id above ``since_id``, oldest first."""

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
 from app.api import bp, keys
-from app.api.schema import JSONRefused, PublishRequest, openapi, strict_json
+from app.api.schema import MAX_BATCH, JSONRefused, PublishRequest, openapi, strict_json
 from app.extensions import csrf, db
 from app.limits import client_network, limiter, setting
 from app.models import IdempotentRequest, User, utcnow
@@ -54,13 +54,22 @@ def _per_key() -> str:
     return f"api-key:{key.id}" if key is not None else f"api-address:{client_network()}"
 
 
+def _batch_size() -> int:
+    """What one request costs against the key's rate: a notification per recipient named."""
+    try:
+        to = json.loads(request.get_data()).get("to")
+    except (ValueError, AttributeError):
+        return 1
+    return max(1, min(len(to), MAX_BATCH)) if isinstance(to, list) else 1
+
+
 def _answer(status: int, body: dict, key_name: str, outcome: str) -> tuple[Response, int]:
     PUBLISHES.labels(key=key_name, outcome=outcome).inc()
     return jsonify(body), status
 
 
 @bp.route("/notifications", methods=["POST"])
-@limiter.limit(setting("API_RATE"), key_func=_per_key)
+@limiter.limit(setting("API_RATE"), key_func=_per_key, cost=lambda: _batch_size())
 def publish():
     """Store and publish one notification to each recipient (see docs/api.md)."""
     key = _key()
@@ -108,6 +117,10 @@ def _publish(key, body: PublishRequest, idempotency: str | None) -> tuple[int, d
         raise Refused(403, f"this key may not send {body.kind}", field="kind")
     if body.kind not in current_app.extensions["service_kinds"]:  # dropped from the file since
         raise Refused(422, f"{body.kind} is no longer a kind services may send", field="kind")
+    size = len(json.dumps(body.data, separators=(",", ":")))
+    if size > current_app.config["API_MAX_DATA_BYTES"]:
+        limit = current_app.config["API_MAX_DATA_BYTES"]
+        raise Refused(422, f"data is {size} bytes of JSON; at most {limit}", field="data")
     names = body.recipients()
     allowed = key.recipient_names
     if allowed is not None:

@@ -1,7 +1,7 @@
 # gunicorn -c gunicorn.conf.py minimal:app — Flask-Tidings' worker class and its hooks.
 import os
 
-from flask_tidings.gunicorn import child_exit, on_exit, post_worker_init  # noqa: F401
+from flask_tidings.gunicorn import *  # noqa: F403 - on_starting, post_worker_init, child_exit, on_exit
 
 worker_class = "flask_tidings.gunicorn.StreamWorker"
 bind = "127.0.0.1:" + os.environ.get("PORT", "5000")

@@ -73,3 +73,75 @@ def test_someone_elses_push_endpoint_moves_only_with_its_keys(app, client, auth)
     assert bob_id is not None, "bob's device is untouched"
     shared = client.post("/push/subscriptions", json=bobs)
     assert shared.status_code == 201 and owner() != bob_id
+
+
+def kinds_app_config(config, tmp_path, **settings):
+    import json
+
+    path = tmp_path / "kinds.json"
+    path.write_text(json.dumps({"build_finished": {"per": "build", "title": "Build {build}", **settings}}))
+    return {**config, "NOTIFICATION_KINDS_FILE": str(path)}
+
+
+def make_key(app, kinds="build_finished"):
+    from app.api.keys import create
+
+    from app.extensions import db
+
+    with app.app_context():
+        secret = create("ci", kinds.split(","))[1]
+        db.session.commit()
+        return secret
+
+
+@pytest.fixture
+def api(config, fake_redis, tmp_path):
+    from tests.conftest import build_app, dispose
+
+    app = build_app(kinds_app_config(config, tmp_path, keep=3), fake_redis)
+    yield app
+    dispose(app)
+
+
+def test_a_service_cannot_grow_a_users_store_past_its_kinds_keep(api):
+    import sqlalchemy as sa
+
+    from app.extensions import db
+    from app.models import Notification
+    from tests.conftest import AuthActions
+
+    client = api.test_client()
+    AuthActions(api, client).create("bob")
+    secret = make_key(api)
+    for n in range(8):
+        r = client.post(
+            "/api/v1/notifications",
+            json={"to": "bob", "kind": "build_finished", "data": {"build": f"b{n}"}},
+            headers={"Authorization": f"Bearer {secret}"},
+        )
+        assert r.status_code == 201
+    with api.app_context():
+        kept = db.session.scalars(sa.select(Notification.payload_json).order_by(Notification.id)).all()
+    assert [p for p in kept] == [f'{{"build": "b{n}"}}' for n in (5, 6, 7)], "the newest three"
+
+
+def test_service_data_is_capped_and_a_batch_counts_each_recipient_against_the_rate(api):
+    from tests.conftest import AuthActions
+
+    client = api.test_client()
+    auth = AuthActions(api, client)
+    for name in ("ann", "bea", "cat"):
+        auth.create(name)
+    secret = make_key(api)
+    headers = {"Authorization": f"Bearer {secret}"}
+    big = client.post(
+        "/api/v1/notifications",
+        json={"to": "ann", "kind": "build_finished", "data": {"build": "x", "log": "y" * 9000}},
+        headers=headers,
+    )
+    assert big.status_code == 422 and "at most 8192" in big.get_json()["error"]
+    api.config["API_RATE"] = "4 per minute"
+    batch = {"to": ["ann", "bea", "cat"], "kind": "build_finished", "data": {"build": "1"}}
+    assert client.post("/api/v1/notifications", json=batch, headers=headers).status_code == 201
+    again = client.post("/api/v1/notifications", json=batch, headers=headers)
+    assert again.status_code == 429, "three and three are over four a minute"
