@@ -85,7 +85,6 @@ def kinds_app_config(config, tmp_path, **settings):
 
 def make_key(app, kinds="build_finished"):
     from app.api.keys import create
-
     from app.extensions import db
 
     with app.app_context():
