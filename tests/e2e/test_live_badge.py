@@ -135,18 +135,23 @@ def test_export_progress_bar_moves_then_offers_the_download(make_user, login_pag
         worker.stop()
 
 
-def test_without_eventsource_the_page_falls_back_to_polling(make_user, login_page):
-    alice, bob = make_user("alice"), make_user("bob")
-    page = login_page(bob, init_script="delete window.EventSource;", stream=False, clock=True)
-    alice.send(bob.username, "polled")
+def wait_for_a_poll(page) -> None:
+    """Until a poll brings the badge to 1: polls come every 10 s of the page's clock, which the
+    test moves on rather than wait."""
     badge = page.locator("#message_count")
 
     def polled() -> bool:
-        # Polls come every 10 s of the page's clock: move it on rather than wait.
         page.clock.fast_forward(10_000)
         return badge.inner_text() == "1"
 
     wait_until(polled, 10, "a poll to bring the count")
+
+
+def test_without_eventsource_the_page_falls_back_to_polling(make_user, login_page):
+    alice, bob = make_user("alice"), make_user("bob")
+    page = login_page(bob, init_script="delete window.EventSource;", stream=False, clock=True)
+    alice.send(bob.username, "polled")
+    wait_for_a_poll(page)
     assert page.get_attribute("body", "data-stream-state") == "polling", "no EventSource was opened"
 
 
@@ -174,13 +179,7 @@ def test_under_flask_run_the_page_says_why_once_and_polls(browser, server, serve
         log_in(page, bob, url)
         page.wait_for_selector("body[data-stream-state=polling]", state="attached", timeout=10_000)
         alice.send(bob.username, "polled under flask run")
-        badge = page.locator("#message_count")
-
-        def polled() -> bool:
-            page.clock.fast_forward(10_000)
-            return badge.inner_text() == "1"
-
-        wait_until(polled, 10, "a poll to bring the count")
+        wait_for_a_poll(page)
         said = [w for w in warnings if "no live stream here" in w]
         assert len(said) == 1 and "gunicorn" in said[0], warnings
         context.close()
