@@ -77,7 +77,7 @@ def test_a_sent_message_opens_the_conversation_and_is_stored_as_typed(client, au
         assert (msg.sender.username, msg.recipient.username) == ("alice", "bob")
         assert msg.timestamp.tzinfo is not None and msg.read_at is None
     page = client.get("/messages/bob").get_data(as_text=True)
-    assert '<p class="card-text mb-1 message-body">hello bob\nsecond line</p>' in page
+    assert '<p class="card-text mb-1 message-body" dir="auto">hello bob\nsecond line</p>' in page
 
 
 def test_the_seed_send_route_still_works_and_leads_to_the_conversation(client, auth, people):
